@@ -1,0 +1,36 @@
+"""What a recipe or task function receives from the device worker that runs it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class JobContext:
+    """Everything a recipe or task needs besides the model and its config.
+
+    A worker builds one per job. `cached(key, build)` returns a value kept across jobs on
+    the same worker (tokenized data, calibration batches), built once per key.
+    """
+
+    device: Any  # torch.device the job runs on
+    tokenizer: Any  # the model's tokenizer (transformers PreTrainedTokenizerBase)
+    seed: int = 0
+    report: Callable[[dict], None] = lambda metrics: None  # one call = one Tune iteration
+    check_cancelled: Callable[[], None] = lambda: None  # raises JobCancelled when stopped
+    cached: Callable[[Any, Callable[[], Any]], Any] = lambda key, build: build()
+    log: Callable[[str], None] = print
+    evaluate: Callable[[Any], dict] | None = None  # runs the job's task on a model
+    train_text: Any = None  # TextSplit used for calibration / fine-tuning
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class Quantized:
+    """What a recipe returns: the model to evaluate, files to keep, and whether the
+    recipe already reported its own per-epoch metrics through ctx.report."""
+
+    model: Any
+    artifacts: dict[str, bytes] = field(default_factory=dict)
+    reported: bool = False
+    info: dict = field(default_factory=dict)

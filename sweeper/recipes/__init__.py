@@ -1,0 +1,10 @@
+"""Quantizers, one module per backend; importing this package registers them."""
+from ..registry import RECIPES
+
+
+def quantize(model, config, ctx):
+    """Runs the recipe registered for type(config) on `model`; returns a jobs.Quantized."""
+    return RECIPES.for_config(config).fn(model, config, ctx)
+
+
+__all__ = ["quantize"]

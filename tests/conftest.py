@@ -1,0 +1,44 @@
+"""Shared test set-up: the real data in ../shared/data, no hub, W&B offline, tiny models."""
+import os
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[1]
+_SHARED_DATA = _REPO.parent / "shared" / "data"
+os.environ.setdefault("SWEEPER_DATA_DIR", str(_SHARED_DATA))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real evaluation data folder (SWEEPER_DATA_DIR)."""
+    d = Path(os.environ["SWEEPER_DATA_DIR"])
+    assert (d / "wikitext-2-raw-v1" / "wiki.test.raw").is_file(), f"real data missing under {d}"
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(data_dir):
+    """A byte-level BPE tokenizer (vocab 512) trained on the real WikiText-2 (tokenized) validation text."""
+    from sweeper.data import load_wikitext
+    from sweeper.models.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(load_wikitext("wikitext-2-v1", "validation").text[:300_000], 512)
+
+
+@pytest.fixture()
+def tiny_gpt2(tiny_tokenizer):
+    """A randomly initialised 2-layer GPT-2 (n_embd 32, 64 positions) built from a config."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                     bos_token_id=tiny_tokenizer.eos_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
+    return GPT2LMHeadModel(cfg).eval()
