@@ -112,3 +112,16 @@ def load_wikitext(config: str = "wikitext-2-raw-v1", split: str = "test", *, all
         f"WikiText-2 {config} split '{split}' not found: looked in {looked}; {hub_note}. "
         f"Put wiki.{_FILE_SPLIT[split]}.{_FILE_EXT[config]} there or set SWEEPER_DATA_DIR to a folder that has it."
     )
+
+
+def load_training_text() -> TextSplit:
+    """Returns the WikiText-2 text used for training and calibration, never the test split:
+    the raw train split where it can be had (local folder or hub), else the tokenized
+    validation split (what ../shared/data provides). Raises DataNotFoundError if neither."""
+    try:
+        return load_wikitext("wikitext-2-raw-v1", "train")
+    except DataNotFoundError as first:
+        try:
+            return load_wikitext("wikitext-2-v1", "validation")
+        except DataNotFoundError:
+            raise first from None

@@ -103,6 +103,10 @@ class WikiText2PPL:
             check_int(where, "max_tokens", self.max_tokens, 2, 1 << 40)
         check_choice(where, "dtype", self.dtype, DTYPES)
 
+    def check_data(self) -> None:
+        """Raises DataNotFoundError now, before Ray starts, if the split can't be found."""
+        load_wikitext(self.dataset, self.split)
+
     def resolved(self, model_max_positions: int) -> tuple[int, int]:
         """Returns (context_length, stride) in tokens for a model with that many positions."""
         ctx = self.context_length or model_max_positions
@@ -169,3 +173,4 @@ def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
 
 
 TASKS.register("wikitext2_ppl", wikitext2_perplexity)(WikiText2PPL)
+

@@ -1,0 +1,168 @@
+"""`sweeper run | resume | devices | zoo` — the command line."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, SweeperError
+
+
+def load_experiment_file(path: str | Path):
+    """Imports an experiment file; returns its `experiment(smoke=False)` function.
+    Raises ConfigError (one line) when the file is missing or defines no experiment."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("sweeper run", "EXPERIMENT_FILE", str(path), "an existing Python file")
+    spec = importlib.util.spec_from_file_location(f"sweeper_experiment_{p.stem}", p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, "experiment", None)
+    if not callable(fn):
+        raise ConfigError("sweeper run", "EXPERIMENT_FILE", str(path),
+                          "a file defining `def experiment(smoke: bool = False) -> sweeper.Experiment`")
+    return fn
+
+
+def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int | None = None,
+                     model: str | None = None, device: str | None = None, workers: int | None = None):
+    """Returns the validated Experiment of an experiment file with the CLI's overrides applied."""
+    from .experiment import Experiment
+
+    exp = load_experiment_file(path)(smoke=smoke)
+    if not isinstance(exp, Experiment):
+        raise ConfigError("sweeper run", "experiment()", type(exp).__name__, "a sweeper.experiment.Experiment")
+    if num_samples is not None:
+        exp.num_samples = num_samples
+    if model is not None:
+        exp.model = model
+    if device is not None:
+        exp.device = device
+    if workers is not None:
+        exp.workers = workers
+    return exp.validate()
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--smoke", action="store_true", help="a few short trials that finish in minutes on a laptop")
+    p.add_argument("--num-samples", type=int, help="number of trials sampled from the search space")
+    p.add_argument("--summary", help="write the summary JSON here (default: RESULTS_DIR/NAME/summary.json)")
+    p.add_argument("--results-dir", default="results", help="where Tune writes trial folders (default ./results)")
+    p.add_argument("--model", help="Hugging Face id, local path or reference model name (overrides the file)")
+    p.add_argument("--device", help="device kind of the workers, e.g. cpu or cuda (overrides the file)")
+    p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in RESULTS_DIR/NAME")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sweeper", description="Distributed quantization sweeps on Ray Tune.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run an experiment file")
+    run.add_argument("experiment_file")
+    _add_run_flags(run)
+    res = sub.add_parser("resume", help="continue an interrupted sweep from its results folder")
+    res.add_argument("results_dir", help="the experiment's results folder (RESULTS_DIR/NAME)")
+    res.add_argument("experiment_file")
+    res.add_argument("--summary")
+    dev = sub.add_parser("devices", help="list device kinds and what the Ray cluster holds")
+    dev.add_argument("--json", action="store_true")
+    zoo = sub.add_parser("zoo", help="reference models the library trains itself")
+    zsub = zoo.add_subparsers(dest="zoo_cmd", required=True)
+    zb = zsub.add_parser("build", help="build (train) a reference model")
+    zb.add_argument("name")
+    zb.add_argument("--force", action="store_true", help="rebuild even if a complete entry exists")
+    zsub.add_parser("list", help="list built reference models")
+    return ap
+
+
+def _check_run_flags(args) -> None:
+    from .config import check_int
+
+    if args.num_samples is not None:
+        check_int("sweeper run", "--num-samples", args.num_samples, 1, 100_000)
+    if args.workers is not None:
+        check_int("sweeper run", "--workers", args.workers, 1, 4096)
+
+
+def _cmd_run(args) -> int:
+    from .sweep import run_experiment
+
+    _check_run_flags(args)
+    exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
+                           model=args.model, device=args.device, workers=args.workers)
+    result = run_experiment(exp, results_dir=args.results_dir, summary_path=args.summary, resume=args.resume)
+    return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
+
+
+def _cmd_resume(args) -> int:
+    from .sweep import run_experiment
+
+    run_dir = Path(args.results_dir).resolve()
+    if not (run_dir / "tuner.pkl").is_file():
+        raise ConfigError("sweeper resume", "RESULTS_DIR", str(args.results_dir), "a sweep's results folder (it holds tuner.pkl)")
+    exp = build_experiment(args.experiment_file)
+    exp.name = run_dir.name
+    run_experiment(exp, results_dir=run_dir.parent, summary_path=args.summary, resume=True)
+    return 0
+
+
+def _cmd_devices(args) -> int:
+    import ray
+
+    from .devices.kinds import KINDS, capacity
+    from .sweep import init_ray
+
+    init_ray("sweeper-devices")
+    total = ray.cluster_resources()
+    nodes = [{"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "resources": n["Resources"]}
+             for n in ray.nodes() if n.get("Alive")]
+    kinds = {name: {"resources_per_worker": k.resources, "workers_possible": capacity(k, total)} for name, k in KINDS.items()}
+    if args.json:
+        print(json.dumps({"nodes": nodes, "kinds": kinds}, indent=2))
+    else:
+        for n in nodes:
+            res = {k: v for k, v in n["resources"].items() if not k.startswith(("node:", "object_store", "memory"))}
+            print(f"node {n['address']} {res}")
+        for name, k in kinds.items():
+            print(f"kind {name:6s} workers possible: {k['workers_possible']}  (each holds {k['resources_per_worker']})")
+    return 0
+
+
+def _cmd_zoo(args) -> int:
+    from .models import zoo
+
+    if args.zoo_cmd == "build":
+        if args.name not in zoo.zoo_names():
+            raise ConfigError("sweeper zoo build", "NAME", args.name, ", ".join(zoo.zoo_names()))
+        path = zoo.build(args.name, force=args.force)
+        card = json.loads((path / "card.json").read_text())
+        print(f"{args.name}: {path}\n  test perplexity {card.get('test_perplexity')}, unigram {card.get('unigram_perplexity')}")
+        return 0
+    cards = zoo.list_built()
+    if not cards:
+        print("no reference models built yet; try: sweeper zoo build gpt2-ref")
+    for c in cards:
+        print(f"{c.get('name'):12s} ppl {c.get('test_perplexity')}  params {c.get('parameters')}  {c.get('path', '')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sweeper` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "resume": _cmd_resume, "devices": _cmd_devices, "zoo": _cmd_zoo}
+    try:
+        return handlers[args.cmd](args)
+    except SweeperError as exc:
+        print(f"sweeper: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main_for_experiment_file(path: str, argv: list[str] | None = None) -> int:
+    """What `python experiments/X.py [flags]` runs: the same as `sweeper run X.py [flags]`."""
+    return main(["run", path] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The job a trial sends to a device worker."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One unit of work on a worker: quantize `model` with a recipe (or not, for the
+    FP32 baseline) and evaluate it with a task.
+
+    recipe/task are registered names; their kwargs build the config dataclasses on the
+    worker. trial_id ties the job to a Tune trial so a stopped trial's job is cancelled.
+    """
+
+    model: str
+    task: str
+    task_kwargs: dict
+    recipe: str | None = None
+    recipe_kwargs: dict = field(default_factory=dict)
+    seed: int = 0
+    trial_id: str = ""
+    trust_remote_code: bool = False

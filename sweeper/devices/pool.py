@@ -1,0 +1,124 @@
+"""The device pool: a named Ray actor that starts the device workers and leases them
+to trials, one job per worker at a time.
+
+A trial calls `submit(kind, spec)`; the pool waits for a free worker of that kind, starts
+the job there and returns the worker handle and job id. The worker tells the pool when
+the job ends (`release`). `cancel_trial` stops a trial's job at once (ASHA stops, errors).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+POOL_ACTOR_NAME = "sweeper-device-pool"
+
+
+class DevicePool:
+    """Async Ray actor class (wrapped with ray.remote by `start_pool`)."""
+
+    def __init__(self, workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0):
+        import ray
+
+        from .kinds import get_kind
+        from .worker import DeviceWorker
+
+        self._handles: dict[str, object] = {}
+        self._kind_of: dict[str, str] = {}
+        self._free: dict[str, asyncio.Queue] = {}
+        self._running: dict[str, tuple[str, str]] = {}  # trial_id -> (worker_id, job_id)
+        self._cancelled: set[str] = set()
+        self._busy: set[str] = set()
+        self._failures: dict[str, str] = {}
+        self.submit_waits: list[float] = []
+        remote_worker = ray.remote(DeviceWorker)
+        for kind_name, count in workers_per_kind.items():
+            kind = get_kind(kind_name)
+            self._free[kind_name] = asyncio.Queue()
+            for i in range(count):
+                wid = f"{kind_name}-{i}"
+                handle = remote_worker.options(
+                    name=f"sweeper-worker-{wid}", namespace=namespace, max_concurrency=16,
+                    max_restarts=-1, **kind.actor_options(),
+                ).remote(wid, kind_name, kind.torch_device, kind.threads, POOL_ACTOR_NAME, namespace, heartbeat_timeout_s)
+                self._handles[wid] = handle
+                self._kind_of[wid] = kind_name
+                self._free[kind_name].put_nowait(wid)
+
+    async def ready(self) -> list[dict]:
+        """Waits until every worker has started; returns their info dicts."""
+        return list(await asyncio.gather(*[h.info.remote() for h in self._handles.values()]))
+
+    async def submit(self, kind: str, spec) -> tuple[object, str, str]:
+        """Starts `spec` on the next free worker of `kind`; returns (worker handle, worker id,
+        job id). Waits while all workers of the kind are busy."""
+        t0 = time.monotonic()
+        while True:
+            wid = await self._free[kind].get()
+            if spec.trial_id and spec.trial_id in self._cancelled:
+                self._free[kind].put_nowait(wid)
+                raise RuntimeError(f"trial {spec.trial_id} was cancelled before it started")
+            self._busy.add(wid)
+            try:
+                job_id = await self._handles[wid].start_job.remote(spec)
+            except Exception:  # worker died between jobs: Ray restarts it and it re-registers
+                continue
+            self.submit_waits.append(time.monotonic() - t0)
+            if spec.trial_id:
+                self._running[spec.trial_id] = (wid, job_id)
+            return self._handles[wid], wid, job_id
+
+    def release(self, worker_id: str) -> None:
+        """Marks a busy worker free again (called by the worker when its job ends)."""
+        for trial, (wid, _) in list(self._running.items()):
+            if wid == worker_id:
+                del self._running[trial]
+        if worker_id in self._busy:
+            self._busy.discard(worker_id)
+            self._free[self._kind_of[worker_id]].put_nowait(worker_id)
+
+    def worker_started(self, worker_id: str) -> None:
+        """Called by a worker's constructor: a worker Ray restarted after it died mid-job
+        comes back busy in the books, and is free again now."""
+        self.release(worker_id)
+
+    async def cancel_trial(self, trial_id: str) -> bool:
+        """Cancels trial `trial_id`'s job (now, or before it starts); returns whether a
+        running job was told to stop."""
+        self._cancelled.add(trial_id)
+        if trial_id in self._running:
+            wid, job_id = self._running[trial_id]
+            return await self._handles[wid].cancel.remote(job_id)
+        return False
+
+    async def stats(self) -> dict:
+        """Returns {worker_id: info dict with counters} for every worker."""
+        infos = await asyncio.gather(*[h.info.remote() for h in self._handles.values()], return_exceptions=True)
+        return {wid: (i if isinstance(i, dict) else {"error": repr(i)}) for wid, i in zip(self._handles, infos)}
+
+    def record_failure(self, trial_id: str, reason: str) -> None:
+        """Remembers that trial `trial_id` failed deterministically (NaN metric, recipe error),
+        so a retry by Tune's FailureConfig ends at once with the same reason."""
+        self._failures[trial_id] = reason
+
+    def known_failure(self, trial_id: str) -> str | None:
+        """Returns the recorded deterministic failure of `trial_id`, or None."""
+        return self._failures.get(trial_id)
+
+    def free_counts(self) -> dict[str, int]:
+        """Returns the number of idle workers per kind."""
+        return {k: q.qsize() for k, q in self._free.items()}
+
+    def submit_wait_times(self) -> list[float]:
+        """Returns the seconds each submit waited for a free worker and a started job."""
+        return list(self.submit_waits)
+
+
+def start_pool(workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0):
+    """Starts the named pool actor and its workers; returns the pool handle once all
+    workers are up."""
+    import ray
+
+    pool = ray.remote(DevicePool).options(name=POOL_ACTOR_NAME, namespace=namespace, num_cpus=0,
+                                          max_concurrency=1000).remote(workers_per_kind, namespace, heartbeat_timeout_s)
+    ray.get(pool.ready.remote())
+    return pool

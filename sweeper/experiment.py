@@ -1,0 +1,117 @@
+"""An experiment: model + recipe search space + task + device kind + objective + scheduler.
+
+Everything here is checked by `Experiment.validate()` before any Ray work starts; a bad
+value gets one line naming the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import check_bool, check_choice, check_int
+from .errors import ConfigError
+
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass
+class Experiment:
+    """A sweep. `search_space` maps recipe config fields to Ray Tune domains or plain
+    values; `fixed` holds recipe fields that every trial shares."""
+
+    name: str
+    model: str
+    recipe: str
+    task: Any
+    search_space: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)
+    device: str = "cpu"
+    workers: int | None = None  # None: as many as the cluster holds for the kind
+    num_samples: int = 4
+    scheduler: str = "asha"
+    grace_period: int = 1  # ASHA: reports before a trial can be stopped
+    max_failures: int = 2  # retries of a trial whose worker was lost
+    seed: int = 0
+    wandb_project: str = "sweeper"
+    trust_remote_code: bool = False
+    metric: str | None = None  # default: the task's metric
+    mode: str | None = None  # default: the task's mode
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """Returns (metric name, "min" | "max")."""
+        return self.metric or self.task.metric, self.mode or self.task.mode
+
+    def validate(self) -> "Experiment":
+        """Checks every field; returns self or raises ConfigError (one line)."""
+        from .devices.kinds import get_kind
+        from .registry import RECIPES, TASKS, ensure_builtin_registered
+
+        ensure_builtin_registered()
+        w = "experiment"
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", self.name):
+            raise ConfigError(w, "name", self.name, "1-100 letters, digits, '_', '.', '-'")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError(w, "model", self.model, "a Hugging Face id, a local path or a reference model name")
+        if self.model.startswith((".", "/", "~")) and not Path(self.model).expanduser().exists():
+            raise ConfigError(w, "model", self.model, "an existing local path (this one does not exist)")
+        entry = RECIPES.get(self.recipe)
+        TASKS.for_config(self.task)
+        get_kind(self.device)
+        if self.workers is not None:
+            check_int(w, "workers", self.workers, 1, 4096)
+        check_int(w, "num_samples", self.num_samples, 1, 100_000)
+        check_choice(w, "scheduler", self.scheduler, SCHEDULERS)
+        check_int(w, "grace_period", self.grace_period, 1, 10_000)
+        check_int(w, "max_failures", self.max_failures, 0, 100)
+        check_int(w, "seed", self.seed, 0, 2**31 - 1)
+        check_bool(w, "trust_remote_code", self.trust_remote_code)
+        metric, mode = self.objective
+        check_choice(w, "mode", mode, ("min", "max"))
+        if metric != self.task.metric:
+            raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
+        validate_space(entry.config_cls, self.search_space, self.fixed)
+        check_data = getattr(self.task, "check_data", None)
+        if check_data:
+            check_data()
+        return self
+
+
+def _domain_values(name: str, domain) -> list:
+    """Returns the values of a search-space entry worth constructing a config with."""
+    from ray.tune.search import sample
+
+    if isinstance(domain, dict) and set(domain) == {"grid_search"}:
+        values = domain["grid_search"]
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ConfigError("search_space", name, values, "a non-empty list for grid_search")
+        return list(values)
+    if isinstance(domain, sample.Categorical):
+        return list(domain.categories)
+    if isinstance(domain, sample.Integer):
+        return [domain.lower, domain.upper - 1]  # randint's upper bound is exclusive
+    if isinstance(domain, sample.Float):
+        if domain.lower >= domain.upper:
+            raise ConfigError("search_space", name, (domain.lower, domain.upper), "lower < upper")
+        return [domain.lower, domain.upper]
+    if isinstance(domain, sample.Domain):
+        return []  # sample_from: only its samples can be checked, when they are drawn
+    return [domain]
+
+
+def validate_space(config_cls, space: dict, fixed: dict) -> None:
+    """Raises ConfigError unless every key is a field of `config_cls` and every value or
+    domain bound builds a valid config."""
+    if not isinstance(space, dict):
+        raise ConfigError("experiment", "search_space", type(space).__name__, "a dict of field -> domain")
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    for key in list(space) + list(fixed):
+        if key not in names:
+            raise ConfigError(f"search_space of {config_cls.registered_name}", key, "(field)", ", ".join(names))
+    config_cls(**fixed)
+    for key, domain in space.items():
+        for value in _domain_values(key, domain):
+            config_cls(**{**fixed, key: value})

@@ -1,0 +1,347 @@
+"""Runs an Experiment with ray.tune.Tuner over a pool of device workers.
+
+A Tune trial is light: it asks the pool for a worker of its kind, sends it a job and
+relays the worker's per-epoch metrics to `tune.report`. The expensive state (models,
+tokenized data) lives on the workers across trials.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .devices.jobspec import JobSpec
+from .devices.pool import POOL_ACTOR_NAME
+from .experiment import Experiment
+from .tracking import format_table, wandb_callback
+
+ARTIFACTS_DIR = "artifacts"
+
+
+@dataclass
+class SweepResult:
+    """What a finished sweep produced: the summary dict and where files were written."""
+
+    summary: dict
+    results_dir: Path
+    summary_path: Path | None = None
+    table: str = ""
+    worker_stats: dict = field(default_factory=dict)
+
+
+def _flatten(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update({f"{k}/{kk}": vv for kk, vv in v.items() if vv is not None})
+        else:
+            out[k] = v
+    return out
+
+
+def trial_main(config: dict, plan: dict) -> None:
+    """The Tune function trainable: runs one trial's job on a pooled worker and reports
+    each of its metric records. Raises (trial ERROR) if the job fails or a metric is NaN."""
+    import ray
+    from ray import tune
+
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    pool = ray.get_actor(POOL_ACTOR_NAME, namespace=plan["namespace"])
+    known = ray.get(pool.known_failure.remote(trial_id))
+    if known:  # deterministic failure seen on an earlier attempt: don't burn the device again
+        raise RuntimeError(known)
+    spec = JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"], recipe=plan["recipe"],
+                   recipe_kwargs={**plan["fixed"], **config}, seed=plan["seed"], trial_id=trial_id,
+                   trust_remote_code=plan["trust_remote_code"])
+    t0 = time.time()
+    worker, worker_id, job_id = ray.get(pool.submit.remote(plan["device"], spec))
+    overhead_s = time.time() - t0
+    cursor, state = 0, "RUNNING"
+    metric = plan["metric"]
+    try:
+        while True:
+            # poll returns every event after `cursor` together with the state, atomically
+            events, state = ray.get(worker.poll.remote(job_id, cursor, 2.0))
+            cursor += len(events)
+            for ev in events:
+                if ev["type"] == "metrics":
+                    m = _flatten(ev["metrics"])
+                    m.update(worker_id=worker_id, job_start_overhead_s=overhead_s)
+                    value = m.get(metric)
+                    if not isinstance(value, (int, float)) or not math.isfinite(value):
+                        reason = f"{metric} is {value!r} at epoch {m.get('epoch', '-')}"
+                        ray.get(pool.record_failure.remote(trial_id, reason))
+                        raise FloatingPointError(reason)
+                    tune.report(m)
+                elif ev["type"] == "done":
+                    _write_artifacts(Path(ctx.get_trial_dir()), ev.get("artifacts", {}), ev.get("info", {}))
+                elif ev["type"] == "error":
+                    ray.get(pool.record_failure.remote(trial_id, ev["error"]))
+                    raise RuntimeError(f"job failed on {worker_id}: {ev['error']}")
+                elif ev["type"] == "cancelled":
+                    return
+            if state != "RUNNING":
+                return
+    finally:
+        if state == "RUNNING":
+            worker.cancel.remote(job_id)
+
+
+def _write_artifacts(trial_dir: Path, artifacts: dict, info: dict) -> None:
+    out = trial_dir / ARTIFACTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in artifacts.items():
+        (out / name).write_bytes(data)
+    (out / "job_info.json").write_text(json.dumps(info, indent=2, default=str))
+
+
+def _cancel_callback(namespace: str):
+    from ray.tune import Callback
+
+    class CancelStoppedTrials(Callback):
+        """Frees a trial's worker the moment Tune ends the trial (ASHA stop, error)."""
+
+        def _cancel(self, trial):
+            import ray
+
+            try:
+                ray.get_actor(POOL_ACTOR_NAME, namespace=namespace).cancel_trial.remote(trial.trial_id)
+            except ValueError:
+                pass
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._cancel(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._cancel(trial)
+
+    return CancelStoppedTrials()
+
+
+def init_ray(namespace: str) -> None:
+    """Connects to the Ray cluster in RAY_ADDRESS (as under `ray job submit`), or starts a
+    local one sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from .devices.kinds import local_cpu_count
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True)
+    else:
+        ray.init(num_cpus=local_cpu_count(), include_dashboard=False, namespace=namespace,
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def run_baseline(pool, exp: Experiment) -> dict:
+    """Returns the FP32 model's metrics on the experiment's task (one job on the pool)."""
+    import ray
+
+    from .config import to_dict
+
+    task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
+    spec = JobSpec(model=exp.model, task=type(exp.task).registered_name, task_kwargs=task_kwargs,
+                   recipe=None, seed=exp.seed, trust_remote_code=exp.trust_remote_code)
+    worker, _, job_id = ray.get(pool.submit.remote(exp.device, spec))
+    cursor, state, metrics = 0, "RUNNING", {}
+    while state == "RUNNING":
+        events, state = ray.get(worker.poll.remote(job_id, cursor, 5.0))
+        cursor += len(events)
+        for ev in events:
+            if ev["type"] == "metrics":
+                metrics = ev["metrics"]
+            elif ev["type"] == "error":
+                raise RuntimeError(f"baseline evaluation failed: {ev['error']}")
+    return metrics
+
+
+def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, summary_path: str | Path | None = None,
+                   resume: bool = False, verbose: int = 1) -> SweepResult:
+    """Validates `exp`, runs its baseline and its sweep, prints the trial table; returns a
+    SweepResult and writes the summary JSON to `summary_path` (default results_dir/summary.json)."""
+    exp.validate()
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from .config import to_dict
+    from .devices.kinds import capacity, get_kind
+    from .devices.pool import start_pool
+
+    storage = Path(results_dir or Path("results")).expanduser().resolve()
+    run_dir = storage / exp.name
+    namespace = f"sweeper-{exp.name}-{uuid.uuid4().hex[:8]}"
+    metric, mode = exp.objective
+    init_ray(namespace)
+    kind = get_kind(exp.device)
+    room = capacity(kind, ray.cluster_resources())
+    if room < 1:
+        raise RuntimeError(f"device kind '{exp.device}' needs {kind.resources} per worker; the cluster has "
+                           f"{ {k: v for k, v in ray.cluster_resources().items() if not k.startswith('node:')} }")
+    n_workers = min(exp.workers or room, room)
+    print(f"[sweeper] {exp.name}: {n_workers} '{exp.device}' worker(s), model {exp.model}, recipe {exp.recipe}, "
+          f"task {type(exp.task).registered_name}, {exp.num_samples} sample(s), objective {metric} {mode}", flush=True)
+    pool = start_pool({exp.device: n_workers}, namespace)
+
+    t0 = time.time()
+    print("[sweeper] measuring the FP32 baseline ...", flush=True)
+    baseline = run_baseline(pool, exp)
+    print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
+
+    task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
+    plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
+            "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
+            "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code}
+    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), {"cpu": 0})
+    if exp.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
+                                  max_t=_max_reports(exp), reduction_factor=2)
+    else:
+        scheduler = FIFOScheduler()
+    callbacks = [_cancel_callback(namespace)]
+    wb = wandb_callback(exp.wandb_project, run_dir, group=exp.name)
+    if wb is not None:
+        callbacks.append(wb)
+    run_config = tune.RunConfig(name=exp.name, storage_path=str(storage), callbacks=callbacks, verbose=verbose,
+                                failure_config=tune.FailureConfig(max_failures=exp.max_failures),
+                                sync_config=tune.SyncConfig(sync_artifacts=True))
+    if resume and tune.Tuner.can_restore(str(run_dir)):
+        print(f"[sweeper] resuming {run_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=dict(exp.search_space),
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=exp.num_samples,
+                                        max_concurrent_trials=n_workers,
+                                        search_alg=BasicVariantGenerator(random_state=exp.seed)),
+            run_config=run_config)
+    grid = tuner.fit()
+    stats = ray.get(pool.stats.remote())
+    waits = ray.get(pool.submit_wait_times.remote())
+    summary = build_summary(exp, grid, baseline, stats, waits)
+    summary["elapsed_s"] = round(time.time() - t0, 1)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best = _export_best(summary, grid, run_dir)
+    table = summary_table(summary)
+    print("\n" + table, flush=True)
+    if best:
+        print(f"[sweeper] best trial {best['trial_id']}: {metric}={best['metrics'].get(metric)}; "
+              f"encodings in {summary.get('best_encodings', '-')}", flush=True)
+    out = Path(summary_path) if summary_path else run_dir / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[sweeper] summary written to {out}", flush=True)
+    return SweepResult(summary, run_dir, out, table, stats)
+
+
+def _max_reports(exp: Experiment) -> int:
+    from ray.tune.search import sample
+
+    epochs = exp.search_space.get("epochs", exp.fixed.get("epochs", 1))
+    if isinstance(epochs, dict) and "grid_search" in epochs:
+        top = max(epochs["grid_search"])
+    elif isinstance(epochs, sample.Categorical):
+        top = max(epochs.categories)
+    elif isinstance(epochs, sample.Integer):
+        top = epochs.upper - 1
+    else:
+        top = int(epochs) if isinstance(epochs, int) else 1
+    return top + 1  # the epoch-0 report (encodings initialised, before training) counts too
+
+
+def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: list[float]) -> dict:
+    """Returns the summary dict: {"experiment", "metric", "mode", "baseline", "trials": [...], ...}."""
+    metric, mode = exp.objective
+    trials = []
+    for r in grid:
+        m = dict(r.metrics or {})
+        trial_id = m.get("trial_id") or Path(r.path).name
+        entry = {"trial_id": trial_id, "status": "ERROR" if r.error else "TERMINATED",
+                 "config": dict(r.config or {}),
+                 "metrics": {k: v for k, v in m.items() if _is_metric(k)}}
+        if r.error:
+            entry["error"] = _one_line(r.error)
+        entry["path"] = r.path
+        trials.append(entry)
+    sign = 1 if mode == "min" else -1
+    trials.sort(key=lambda t: (t["status"] != "TERMINATED",
+                               sign * t["metrics"].get(metric, math.inf * sign) if _finite(t["metrics"].get(metric)) else math.inf))
+    base_settings = baseline.get("eval_settings", {})
+    return {
+        "experiment": exp.name, "metric": metric, "mode": mode,
+        "baseline": {k: v for k, v in baseline.items() if k != "eval_settings"},
+        "eval_settings": base_settings,
+        "model": exp.model, "recipe": exp.recipe, "device": exp.device,
+        "trials": trials,
+        "failed": [{"trial_id": t["trial_id"], "error": t.get("error", "")} for t in trials if t["status"] == "ERROR"],
+        "workers": {wid: s.get("counters", s) for wid, s in stats.items()},
+        "job_start_wait_s": waits,
+    }
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _is_metric(key: str) -> bool:
+    skip = ("config", "date", "hostname", "node_ip", "pid", "time_this_iter_s", "time_since_restore",
+            "timestamp", "iterations_since_restore", "checkpoint_dir_name", "done", "trial_id",
+            "time_total_s", "experiment_tag", "should_checkpoint")
+    return not key.startswith(skip) and not key.startswith("eval_settings/")
+
+
+def _one_line(err) -> str:
+    text = str(getattr(err, "cause", None) or err)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the innermost "Type: message" line names the reason
+        if ("Error" in ln or "Exception" in ln) and ":" in ln:
+            return ln[:500]
+    return (lines[-1] if lines else repr(err))[:500]
+
+
+def _export_best(summary: dict, grid, run_dir: Path) -> dict | None:
+    metric = summary["metric"]
+    done = [t for t in summary["trials"] if t["status"] == "TERMINATED" and _finite(t["metrics"].get(metric))]
+    if not done:
+        return None
+    best = done[0]
+    summary["best_trial"] = best["trial_id"]
+    src = Path(best["path"]) / ARTIFACTS_DIR
+    if src.is_dir():
+        for f in src.iterdir():
+            if f.name.endswith(".json") and f.name != "job_info.json":
+                dst = run_dir / f"best_{f.name}"
+                shutil.copyfile(f, dst)
+                summary["best_" + f.stem] = str(dst)
+    return best
+
+
+def summary_table(summary: dict) -> str:
+    """Returns the trial table (sorted by the objective) with Δ vs the FP32 baseline."""
+    metric = summary["metric"]
+    base = summary["baseline"].get(metric)
+    keys = sorted({k for t in summary["trials"] for k in t["config"]})
+    rows = [{"trial": "fp32 baseline", metric: base, "status": "-"}]
+    for t in summary["trials"]:
+        v = t["metrics"].get(metric)
+        row = {"trial": t["trial_id"], "status": t["status"], metric: v, **t["config"],
+               "epoch": t["metrics"].get("epoch", "")}
+        if _finite(v) and _finite(base):
+            row["Δ vs fp32 %"] = 100.0 * (v - base) / base
+        if t["status"] == "ERROR":
+            row["error"] = t.get("error", "")[:80]
+        rows.append(row)
+    cols = ["trial", "status", metric, "Δ vs fp32 %", "epoch"] + keys
+    if any("error" in r for r in rows):
+        cols.append("error")
+    settings = summary.get("eval_settings", {})
+    caption = ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("dataset", "split", "context_length", "stride", "max_tokens", "dtype"))
+    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + format_table(rows, cols)
