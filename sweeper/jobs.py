@@ -16,7 +16,9 @@ class JobContext:
     device: Any  # torch.device the job runs on
     tokenizer: Any  # the model's tokenizer (transformers PreTrainedTokenizerBase)
     seed: int = 0
-    report: Callable[[dict], None] = lambda metrics: None  # one call = one Tune iteration
+    # report(metrics, artifacts=None): one call = one Tune iteration; artifacts (file name ->
+    # bytes, e.g. exported encodings) go with the last report of a job into a checkpoint.
+    report: Callable[..., None] = lambda metrics, artifacts=None: None
     check_cancelled: Callable[[], None] = lambda: None  # raises JobCancelled when stopped
     cached: Callable[[Any, Callable[[], Any]], Any] = lambda key, build: build()
     log: Callable[[str], None] = print
@@ -28,7 +30,8 @@ class JobContext:
 @dataclass
 class Quantized:
     """What a recipe returns: the model to evaluate, files to keep, and whether the
-    recipe already reported its own per-epoch metrics through ctx.report."""
+    recipe already reported its own per-epoch metrics through ctx.report (then it passed
+    its artifacts with its last report, and `artifacts` here is informational)."""
 
     model: Any
     artifacts: dict[str, bytes] = field(default_factory=dict)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from .devices.pool import POOL_ACTOR_NAME
 from .experiment import Experiment
 from .tracking import format_table, wandb_callback
 
-ARTIFACTS_DIR = "artifacts"
+# Trials only relay metrics, so they hold no CPU a device worker could use: locally Ray is
+# started with this custom resource; a cluster offers it on its head node (cluster.yaml).
+TRIAL_RESOURCE = "sweeper_trial"
 
 
 @dataclass
@@ -78,9 +81,13 @@ def trial_main(config: dict, plan: dict) -> None:
                         reason = f"{metric} is {value!r} at epoch {m.get('epoch', '-')}"
                         ray.get(pool.record_failure.remote(trial_id, reason))
                         raise FloatingPointError(reason)
-                    tune.report(m)
-                elif ev["type"] == "done":
-                    _write_artifacts(Path(ctx.get_trial_dir()), ev.get("artifacts", {}), ev.get("info", {}))
+                    if ev.get("artifacts"):
+                        with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as tmp:
+                            for name, data in ev["artifacts"].items():
+                                (Path(tmp) / name).write_bytes(data)
+                            tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
+                    else:
+                        tune.report(m)
                 elif ev["type"] == "error":
                     ray.get(pool.record_failure.remote(trial_id, ev["error"]))
                     raise RuntimeError(f"job failed on {worker_id}: {ev['error']}")
@@ -91,14 +98,6 @@ def trial_main(config: dict, plan: dict) -> None:
     finally:
         if state == "RUNNING":
             worker.cancel.remote(job_id)
-
-
-def _write_artifacts(trial_dir: Path, artifacts: dict, info: dict) -> None:
-    out = trial_dir / ARTIFACTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in artifacts.items():
-        (out / name).write_bytes(data)
-    (out / "job_info.json").write_text(json.dumps(info, indent=2, default=str))
 
 
 def _cancel_callback(namespace: str):
@@ -114,6 +113,10 @@ def _cancel_callback(namespace: str):
                 ray.get_actor(POOL_ACTOR_NAME, namespace=namespace).cancel_trial.remote(trial.trial_id)
             except ValueError:
                 pass
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("done"):  # the scheduler decided to stop the trial
+                self._cancel(trial)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._cancel(trial)
@@ -136,8 +139,14 @@ def init_ray(namespace: str) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True)
     else:
-        ray.init(num_cpus=local_cpu_count(), include_dashboard=False, namespace=namespace,
+        ray.init(num_cpus=local_cpu_count(), resources={TRIAL_RESOURCE: 10_000}, include_dashboard=False, namespace=namespace,
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def trial_resources(cluster: dict) -> dict:
+    """Returns the Ray resources one trial actor holds: one TRIAL_RESOURCE unit where the
+    cluster offers it, else a hundredth of a CPU (then CPU workers leave a core's room)."""
+    return {TRIAL_RESOURCE: 1} if cluster.get(TRIAL_RESOURCE, 0) >= 1 else {"cpu": 0.01}
 
 
 def run_baseline(pool, exp: Experiment) -> dict:
@@ -200,7 +209,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
             "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code}
-    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), {"cpu": 0})
+    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_resources(ray.cluster_resources()))
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
                                   max_t=_max_reports(exp), reduction_factor=2)
@@ -220,8 +229,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         tuner = tune.Tuner(
             trainable, param_space=dict(exp.search_space),
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=exp.num_samples,
-                                        max_concurrent_trials=n_workers,
-                                        search_alg=BasicVariantGenerator(random_state=exp.seed)),
+                                        # Tune ignores max_concurrent_trials for a given BasicVariantGenerator
+                                        search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=n_workers)),
             run_config=run_config)
     grid = tuner.fit()
     stats = ray.get(pool.stats.remote())
@@ -270,6 +279,8 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
         if r.error:
             entry["error"] = _one_line(r.error)
         entry["path"] = r.path
+        if r.checkpoint is not None:
+            entry["checkpoint"] = r.checkpoint.path
         trials.append(entry)
     sign = 1 if mode == "min" else -1
     trials.sort(key=lambda t: (t["status"] != "TERMINATED",
@@ -314,10 +325,10 @@ def _export_best(summary: dict, grid, run_dir: Path) -> dict | None:
         return None
     best = done[0]
     summary["best_trial"] = best["trial_id"]
-    src = Path(best["path"]) / ARTIFACTS_DIR
-    if src.is_dir():
+    src = Path(best["checkpoint"]) if best.get("checkpoint") else None
+    if src is not None and src.is_dir():
         for f in src.iterdir():
-            if f.name.endswith(".json") and f.name != "job_info.json":
+            if f.name.endswith(".json"):
                 dst = run_dir / f"best_{f.name}"
                 shutil.copyfile(f, dst)
                 summary["best_" + f.stem] = str(dst)

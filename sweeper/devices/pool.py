@@ -60,7 +60,8 @@ class DevicePool:
             self._busy.add(wid)
             try:
                 job_id = await self._handles[wid].start_job.remote(spec)
-            except Exception:  # worker died between jobs: Ray restarts it and it re-registers
+            except Exception as exc:  # worker died between jobs: Ray restarts it and it re-registers
+                print(f"[sweeper] pool: could not start a job on {wid}: {type(exc).__name__}: {exc}", flush=True)
                 continue
             self.submit_waits.append(time.monotonic() - t0)
             if spec.trial_id:
@@ -76,9 +77,9 @@ class DevicePool:
             self._busy.discard(worker_id)
             self._free[self._kind_of[worker_id]].put_nowait(worker_id)
 
-    def worker_started(self, worker_id: str) -> None:
-        """Called by a worker's constructor: a worker Ray restarted after it died mid-job
-        comes back busy in the books, and is free again now."""
+    def worker_restarted(self, worker_id: str) -> None:
+        """Called by a worker that Ray restarted after it died: if it died mid-job the pool
+        still books it busy; it is free again now."""
         self.release(worker_id)
 
     async def cancel_trial(self, trial_id: str) -> bool:

@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from dataclasses import dataclass, field
 
 from ..errors import JobCancelled
@@ -49,8 +50,14 @@ class DeviceWorker:
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._pool_name, self._namespace = pool_name, namespace
         threading.Thread(target=self._watchdog, daemon=True, name="sweeper-watchdog").start()
-        if pool_name:
-            threading.Thread(target=self._tell_pool, args=("worker_started",), daemon=True).start()
+        import ray
+
+        with warnings.catch_warnings():  # Ray's own property trips its own deprecation warning
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if pool_name and restarted:
+            # Ray restarted this worker after it died, maybe mid-job: the pool still books it busy.
+            threading.Thread(target=self._tell_pool, args=("worker_restarted",), daemon=True).start()
 
     # ---- called remotely -------------------------------------------------------------
     def info(self) -> dict:
@@ -186,7 +193,7 @@ class DeviceWorker:
 
 def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
     """Runs one job on `worker`'s device; returns the final event's payload
-    ({"metrics": {...}, "artifacts": {...}, "info": {...}})."""
+    ({"metrics": {...}, "info": {...}}); metrics and artifacts travel in "metrics" events."""
     import torch
 
     from ..data import load_training_text
@@ -210,10 +217,10 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
     task_cfg = task_entry.config_cls(**spec.task_kwargs)
     final: dict = {}
 
-    def report(metrics: dict):
+    def report(metrics: dict, artifacts: dict | None = None):
         final.clear()
         final.update(metrics)
-        worker._emit(job, {"type": "metrics", "metrics": metrics})
+        worker._emit(job, {"type": "metrics", "metrics": metrics, "artifacts": artifacts or {}})
 
     ctx = JobContext(device=device, tokenizer=loaded.tokenizer, seed=spec.seed, report=report,
                      check_cancelled=check_cancelled, cached=worker.cached, log=log)
@@ -221,12 +228,12 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
     check_cancelled()
     if spec.recipe is None:
         report(ctx.evaluate(loaded.model))
-        return {"metrics": final, "artifacts": {}, "info": {"model_key": loaded.content_key}}
+        return {"metrics": final, "info": {"model_key": loaded.content_key}}
     ctx.train_text = worker.cached(("training-text",), load_training_text)
     recipe_entry = RECIPES.get(spec.recipe)
     torch.manual_seed(spec.seed)
     # Recipes never modify the model they are given (the worker's cached base model).
     q = recipe_entry.fn(loaded.model, recipe_entry.config_cls(**spec.recipe_kwargs), ctx)
     if not q.reported:
-        report(ctx.evaluate(q.model))
-    return {"metrics": final, "artifacts": q.artifacts, "info": {"model_key": loaded.content_key, **q.info}}
+        report(ctx.evaluate(q.model), q.artifacts)
+    return {"metrics": final, "info": {"model_key": loaded.content_key, **q.info}}

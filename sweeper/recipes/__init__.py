@@ -1,5 +1,6 @@
 """Quantizers, one module per backend; importing this package registers them."""
 from ..registry import RECIPES
+from . import aimet_qat  # noqa: F401
 
 
 def quantize(model, config, ctx):

@@ -1,0 +1,121 @@
+"""The aimet_qat recipe (aimet-torch QuantSim W8A8 QAT) on a tiny GPT-2 and real WikiText-2."""
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from sweeper.errors import ConfigError
+from sweeper.jobs import JobContext
+from sweeper.recipes import quantize
+from sweeper.recipes.aimet_qat import AimetQATConfig
+from sweeper.registry import RECIPES
+from sweeper.tasks.perplexity import WikiText2PPL, wikitext2_perplexity
+
+# ../shared/data has the raw test split and the tokenized validation split: evaluate on
+# the former, calibrate/train on the latter.
+EVAL = WikiText2PPL(dataset="wikitext-2-raw-v1", split="test", max_tokens=2000, context_length=64)
+
+
+def make_ctx(tokenizer, reports, logs):
+    from sweeper.data import TextSplit, load_wikitext
+
+    val = load_wikitext("wikitext-2-v1", "validation")
+    train = TextSplit(val.dataset, val.split, val.text[:40_000], val.source, val.join)
+    ctx = JobContext(device=torch.device("cpu"), tokenizer=tokenizer, train_text=train,
+                     report=lambda metrics, artifacts=None: reports.append({**metrics, "_artifacts": sorted(artifacts or {})}),
+                     log=logs.append)
+    ctx.evaluate = lambda m: wikitext2_perplexity(m, EVAL, ctx)
+    return ctx
+
+
+def test_registered():
+    assert RECIPES.get("aimet_qat").config_cls is AimetQATConfig
+
+
+@pytest.mark.parametrize("field,value", [("param_bw", 3), ("quant_scheme", "bogus"), ("output_bw", 32),
+                                         ("lr", 0.0), ("clamp_value", -1.0), ("seq_len", 4), ("percentile", 10.0),
+                                         ("per_channel", 1), ("epochs", 101), ("calibration_batches", 0)])
+def test_bad_config(field, value):
+    with pytest.raises(ConfigError) as e:
+        AimetQATConfig(**{field: value})
+    msg = str(e.value)
+    assert field in msg and "\n" not in msg and repr(value) in msg
+
+
+def test_qat_w8a8(tiny_gpt2, tiny_tokenizer):
+    from aimet_torch.nn import BaseQuantizationMixin
+    from transformers.pytorch_utils import Conv1D
+
+    reports, logs = [], []
+    ctx = make_ctx(tiny_tokenizer, reports, logs)
+    fp_c_attn = tiny_gpt2.transformer.h[0].attn.c_attn.weight.detach().clone()  # Conv1D: (in, out)
+    cfg = AimetQATConfig(epochs=1, lr=1e-3, batch_size=8, steps_per_epoch=15, calibration_batches=2)
+    q = quantize(tiny_gpt2, cfg, ctx)
+
+    # the caller's model is untouched
+    assert isinstance(tiny_gpt2.transformer.h[0].attn.c_attn, Conv1D)
+    torch.testing.assert_close(tiny_gpt2.transformer.h[0].attn.c_attn.weight, fp_c_attn, atol=0, rtol=0)
+
+    sim_model = q.model
+    linears = [m for m in sim_model.modules() if isinstance(m, BaseQuantizationMixin) and isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4 * 2 + 1  # 4 per block + lm_head
+    for lin in linears:
+        wq = lin.param_quantizers["weight"]
+        assert wq is not None and wq.symmetric and wq.bitwidth == 8 and wq.is_initialized()
+        assert lin.param_quantizers["bias"] is None if "bias" in lin.param_quantizers else lin.bias is None
+        out_q = lin.output_quantizers[0]
+        assert out_q is not None and not out_q.symmetric and out_q.bitwidth == 8
+    # model input: token ids are never quantized (the embedding has no input quantizer);
+    # the first float activation (token + position embeddings) is.
+    tr = sim_model.lm.transformer
+    assert len(tr.wte.input_quantizers) == 0
+    assert tr.wte.param_quantizers["weight"].symmetric
+    first_act = tr.drop.input_quantizers[0]
+    assert first_act is not None and first_act.is_initialized() and not first_act.symmetric
+
+    assert [r["epoch"] for r in reports] == [0, 1]
+    # the encodings travel with the last report only (a scheduler may stop the trial after it)
+    assert [r["_artifacts"] for r in reports] == [[], ["encodings.json"]]
+    for r in reports:
+        assert math.isfinite(r["wikitext2_ppl"]) and 1 < r["wikitext2_ppl"] < 10 * len(tiny_tokenizer)
+        assert r["eval_settings"]["context_length"] == 64
+    assert math.isfinite(reports[1]["train_loss"]) and reports[1]["train_loss"] > 0
+    assert q.reported and q.info["conv1d_converted"] == 8 and q.info["steps_per_epoch"] == 15
+
+    # training changed the weights (sim Linear weight is the transposed Conv1D weight)
+    assert not torch.allclose(tr.h[0].attn.c_attn.weight.detach(), fp_c_attn.t(), atol=1e-6)
+
+    enc = json.loads(q.artifacts["encodings.json"])
+    assert enc["version"] == "1.0.0"
+    params = {e["name"]: e for e in enc["param_encodings"]}
+    acts = {e["name"]: e for e in enc["activation_encodings"]}
+    # embedding outputs (Gather) carry the embedding table's symmetric encoding; every
+    # other activation is asymmetric 8-bit, starting with the embeddings' sum (model input)
+    computed = {n: a for n, a in acts.items() if not n.endswith("Gather_output_0")}
+    assert len(computed) > 20 and all(not a["is_sym"] and a["bw"] == 8 for a in computed.values())
+    assert "/lm/transformer/Add_output_0" in computed
+    c_attn = [e for n, e in params.items() if n.startswith("lm.transformer.h.0.attn.c_attn.weight")]
+    assert len(c_attn) == 1 and c_attn[0]["is_sym"] and c_attn[0]["bw"] == 8
+    assert sum(n.startswith("lm.transformer.h.") and ".weight" in n and ("c_" in n) for n in params) == 8
+    assert not any("bias" in name for name in params)
+    assert len(logs) == 2
+
+
+def test_clamped_init_and_fixed_ranges(tiny_gpt2, tiny_tokenizer):
+    reports, logs = [], []
+    ctx = make_ctx(tiny_tokenizer, reports, logs)
+    cfg = AimetQATConfig(quant_scheme="tf", clamp_value=0.5, epochs=0, output_bw=16, calibration_batches=1, batch_size=4)
+    q = quantize(tiny_gpt2, cfg, ctx)
+    from sweeper.recipes.aimet_qat import _activation_quantizers
+
+    acts = list(_activation_quantizers(q.model))
+    assert acts and q.info["activation_ranges_clamped"] > 0
+    for _, a in acts:
+        assert a.bitwidth == 16
+        step = a.get_scale().item()  # get_min/get_max are snapped to the integer grid
+        assert a.get_min().item() >= -0.5 - step and a.get_max().item() <= 0.5 + step
+        assert not any(p.requires_grad for p in a.parameters())  # "tf": ranges fixed
+    assert [r["epoch"] for r in reports] == [0]
+    assert dataclasses.asdict(cfg)["clamp_value"] == 0.5
