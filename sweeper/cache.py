@@ -119,7 +119,7 @@ def lock_path(path: Path) -> Path:
     return path.parent / f"{path.name}.lock"
 
 
-def build_once(path: Path, build: Callable[[Path], None]) -> Path:
+def build_once(path: Path, build: Callable[[Path], None], *, force: bool = False) -> Path:
     """Returns `path` holding a complete entry, building it with `build(tmp_dir)` if needed.
 
     `build` receives an empty temporary directory on the same filesystem and must write the
@@ -127,16 +127,17 @@ def build_once(path: Path, build: Callable[[Path], None]) -> Path:
     exclusive lock is taken, completeness is checked again (another process may have just
     built it), and the entry is built, its manifest marker written, and the directory renamed
     into place; an incomplete or corrupted old entry is removed first. If `build` raises,
-    nothing is left behind and the exception propagates.
+    nothing is left behind and the exception propagates. `force` rebuilds a complete entry
+    (replaced atomically, under the lock).
     """
     path = Path(path)
-    if is_complete(path):
+    if not force and is_complete(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path(path), "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
-            if is_complete(path):
+            if not force and is_complete(path):
                 return path
             # Leftovers of builders that were killed while holding the lock.
             for stale in list(path.parent.glob(f".{path.name}.tmp-*")) + list(path.parent.glob(f".{path.name}.trash-*")):

@@ -195,6 +195,13 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     if room < 1:
         raise RuntimeError(f"device kind '{exp.device}' needs {kind.resources} per worker; the cluster has "
                            f"{ {k: v for k, v in ray.cluster_resources().items() if not k.startswith('node:')} }")
+    trial_res = trial_resources(ray.cluster_resources())
+    if "cpu" in trial_res and kind.resources.get("CPU", 0) > 0:
+        # Trials hold a sliver of CPU here: leave them one core, or they could never start.
+        room = capacity(kind, {**ray.cluster_resources(), "CPU": ray.cluster_resources().get("CPU", 0) - 1})
+        if room < 1:
+            raise RuntimeError(f"the cluster's CPUs are all taken by '{exp.device}' workers and trials need some; "
+                               f"offer the '{TRIAL_RESOURCE}' resource on the head node (see cluster.yaml)")
     n_workers = min(exp.workers or room, room)
     print(f"[sweeper] {exp.name}: {n_workers} '{exp.device}' worker(s), model {exp.model}, recipe {exp.recipe}, "
           f"task {type(exp.task).registered_name}, {exp.num_samples} sample(s), objective {metric} {mode}", flush=True)
@@ -209,7 +216,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
             "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code}
-    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_resources(ray.cluster_resources()))
+    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_res)
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
                                   max_t=_max_reports(exp), reduction_factor=2)

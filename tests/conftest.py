@@ -42,3 +42,14 @@ def tiny_gpt2(tiny_tokenizer):
     cfg = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
                      bos_token_id=tiny_tokenizer.eos_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
     return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def ref_model_dir(data_dir) -> Path:
+    """The built gpt2-ref zoo model (trained once, minutes on a CPU; reused across runs).
+
+    The cache is $SWEEPER_CACHE_DIR when set, else <repo>/.sweeper-cache (git-ignored)."""
+    os.environ.setdefault("SWEEPER_CACHE_DIR", str(_REPO / ".sweeper-cache"))
+    from sweeper.models import zoo
+
+    return zoo.build("gpt2-ref")

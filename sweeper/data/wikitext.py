@@ -114,14 +114,24 @@ def load_wikitext(config: str = "wikitext-2-raw-v1", split: str = "test", *, all
     )
 
 
-def load_training_text() -> TextSplit:
-    """Returns the WikiText-2 text used for training and calibration, never the test split:
-    the raw train split where it can be had (local folder or hub), else the tokenized
-    validation split (what ../shared/data provides). Raises DataNotFoundError if neither."""
-    try:
-        return load_wikitext("wikitext-2-raw-v1", "train")
-    except DataNotFoundError as first:
+
+# Training / calibration text, in order of preference (dataset config, split); never test.
+TRAINING_SOURCES: tuple[tuple[str, str], ...] = (
+    ("wikitext-2-raw-v1", "train"),  # the hub's train split, when a data folder or the hub has it
+    ("wikitext-2-raw-v1", "validation"),
+    ("wikitext-2-v1", "validation"),  # the tokenized release (rare words as <unk>): ../shared/data
+)
+
+
+def load_training_text(sources: tuple[tuple[str, str], ...] = TRAINING_SOURCES) -> TextSplit:
+    """Returns the first available of `sources` (WikiText-2 text for training and
+    calibration, never the test split); raises DataNotFoundError naming every source tried."""
+    errors = []
+    for config, split in sources:
+        if split == "test":
+            raise ValueError("training text must never be the test split")
         try:
-            return load_wikitext("wikitext-2-v1", "validation")
-        except DataNotFoundError:
-            raise first from None
+            return load_wikitext(config, split)
+        except DataNotFoundError as exc:
+            errors.append(f"{config}/{split}: {exc}")
+    raise DataNotFoundError("no WikiText-2 training text found; tried " + " | ".join(errors))

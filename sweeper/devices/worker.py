@@ -143,21 +143,21 @@ class DeviceWorker:
             self._lock.notify_all()
 
     def _run(self, job: _Job):
+        # Counters are updated before the final event: whoever reads them after the trial
+        # ends must see this job counted.
         t0 = time.monotonic()
         try:
             result = run_job(job.spec, self, job)
-            self._emit(job, {"type": "done", **result}, "DONE")
-            self.counters["jobs_done"] += 1
+            final, state, counter = {"type": "done", **result}, "DONE", "jobs_done"
         except JobCancelled:
-            self._emit(job, {"type": "cancelled"}, "CANCELLED")
-            self.counters["jobs_cancelled"] += 1
+            final, state, counter = {"type": "cancelled"}, "CANCELLED", "jobs_cancelled"
         except BaseException as exc:  # the trial gets the reason; the worker lives on
             reason = f"{type(exc).__name__}: {exc}"
-            self._emit(job, {"type": "error", "error": reason, "traceback": traceback.format_exc()}, "ERROR")
-            self.counters["jobs_failed"] += 1
-        finally:
-            self.counters["busy_s"] += time.monotonic() - t0
-            self._release()
+            final, state, counter = {"type": "error", "error": reason, "traceback": traceback.format_exc()}, "ERROR", "jobs_failed"
+        self.counters[counter] += 1
+        self.counters["busy_s"] += time.monotonic() - t0
+        self._emit(job, final, state)
+        self._release()
 
     def _release(self):
         if self._pool_name:

@@ -1,0 +1,122 @@
+"""The reference model zoo and model loading: a real trained gpt2-ref, deterministic builds."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweeper.errors import ModelNotFoundError
+from sweeper.jobs import JobContext
+from sweeper.models import zoo
+from sweeper.models.loading import content_key, load_model, resolve_default_model
+from sweeper.tasks.perplexity import WikiText2PPL, tokenize_split, wikitext2_perplexity
+
+
+def test_card_reports_a_real_language_model(ref_model_dir):
+    card = json.loads((ref_model_dir / "card.json").read_text())
+    assert card["name"] == "gpt2-ref" and card["family"] == "gpt2"
+    assert card["training"]["split"] != "test" and card["training"]["split"] in ("train", "validation")
+    ev = card["eval_settings"]
+    assert (ev["split"], ev["context_length"], ev["stride"], ev["max_tokens"]) == ("test", 128, 64, None)
+    assert card["wikitext2_test_ppl"] < 0.5 * card["unigram_ppl"], (card["wikitext2_test_ppl"], card["unigram_ppl"])
+    assert 1 < card["wikitext2_test_ppl"] < card["architecture"]["vocab_size"]
+    assert card["parameter_count"] > 100_000 and card["training"]["steps"] > 0 and card["seconds"] > 0
+    assert card["unigram_settings"]["tokens"] == card["wikitext2_scored_tokens"]
+
+
+def test_entry_files_are_safetensors_only(ref_model_dir):
+    names = {p.name for p in ref_model_dir.iterdir()}
+    assert {"model.safetensors", "config.json", "card.json", "tokenizer.json", "COMPLETE"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    assert zoo.zoo_path("gpt2-ref") == ref_model_dir
+    assert [c["name"] for c in zoo.list_built() if c["path"] == str(ref_model_dir)] == ["gpt2-ref"]
+    assert "gpt2-ref" in zoo.zoo_names()
+
+
+def _independent_ppl(model, ids, ctx_len, stride):
+    """Sliding-window perplexity computed by hand, one window at a time, with log_softmax."""
+    nll, n, prev_end = 0.0, 0, 0
+    with torch.no_grad():
+        for begin in range(0, len(ids), stride):
+            end = min(begin + ctx_len, len(ids))
+            first = max(prev_end, begin + 1)
+            logp = torch.log_softmax(model(ids[begin:end][None]).logits[0].double(), -1)
+            for pos in range(first, end):
+                nll -= logp[pos - begin - 1, ids[pos]].item()
+                n += 1
+            prev_end = end
+            if end == len(ids):
+                break
+    return math.exp(nll / n), n
+
+
+def test_loaded_model_perplexity_matches_recomputation(ref_model_dir):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    lm = load_model("gpt2-ref")
+    assert (lm.name, lm.source, lm.path) == ("gpt2-ref", "zoo", str(ref_model_dir))
+    assert len(lm.content_key) == 64 and lm.content_key == content_key(ref_model_dir)
+    ctx = JobContext(device=torch.device("cpu"), tokenizer=lm.tokenizer)
+    res = wikitext2_perplexity(lm.model, WikiText2PPL(split="test", max_tokens=3000), ctx)
+
+    model = GPT2LMHeadModel.from_pretrained(str(ref_model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(ref_model_dir))
+    ids, _ = tokenize_split(tok, "wikitext-2-raw-v1", "test")
+    ppl, n = _independent_ppl(model, ids[:3000], 128, 64)
+    assert res["wikitext2_scored_tokens"] == n == 2999
+    assert abs(res["wikitext2_ppl"] - ppl) <= 1e-6 * ppl, (res["wikitext2_ppl"], ppl)
+    assert res["wikitext2_ppl"] < 1000  # a trained model, not random weights (~vocab size 4096)
+
+    # the same directory loaded as a local path: same weights, same key
+    local = load_model(str(ref_model_dir))
+    assert local.source == "local" and local.content_key == lm.content_key
+    assert all(torch.equal(a, b) for a, b in zip(local.model.state_dict().values(), lm.model.state_dict().values()))
+
+
+def test_build_is_deterministic(tmp_path, monkeypatch):
+    spec = zoo.tiny_variant("gpt2-ref", steps=6, eval_max_tokens=1024)
+    paths = []
+    for sub in ("a", "b"):
+        monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / sub))
+        paths.append(zoo.build(spec, log=lambda s: None))
+    a, b = paths
+    assert a.name == b.name and a != b
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
+    ca, cb = (json.loads((p / "card.json").read_text()) for p in (a, b))
+    assert ca["wikitext2_test_ppl"] == cb["wikitext2_test_ppl"] and ca["unigram_ppl"] == cb["unigram_ppl"]
+    assert ca["training"]["steps"] == 6 and ca["eval_settings"]["max_tokens"] == 1024
+    # the weights did move away from the seeded initialisation
+    from transformers import AutoModelForCausalLM
+
+    init = zoo._make_model(spec, load_model(str(a)).tokenizer).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(str(a)).state_dict()
+    assert not torch.equal(init["transformer.h.0.mlp.c_fc.weight"], trained["transformer.h.0.mlp.c_fc.weight"])
+    # a second build() call reuses the entry; force=True rebuilds identical weights
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "a"))
+    mtime = (a / "COMPLETE").stat().st_mtime_ns
+    assert zoo.build(spec, log=lambda s: None) == a and (a / "COMPLETE").stat().st_mtime_ns == mtime
+    assert (zoo.build(spec, force=True, log=lambda s: None) / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+def test_unknown_model_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError) as ei:
+        load_model("no-such-org/no-such-model-1234")
+    msg = str(ei.value)
+    assert "\n" not in msg and "no-such-org/no-such-model-1234" in msg and "gpt2-ref" in msg
+    assert "not a zoo name" in msg and "not a local directory" in msg and "hub failed" in msg
+    with pytest.raises(ModelNotFoundError) as ei:
+        load_model("zoo:nope")
+    assert "\n" not in str(ei.value) and "gpt2-ref" in str(ei.value)
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError, match="not built"):
+        load_model("gpt2-ref", build_missing=False)
+
+
+def test_resolve_default_model_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_default_model("no-such-org/no-such-model-1234") == "gpt2-ref"
+    assert resolve_default_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_default_model("gpt2-ref", "x") == "gpt2-ref"
