@@ -138,13 +138,15 @@ def _cmd_zoo(args) -> int:
             raise ConfigError("sweeper zoo build", "NAME", args.name, ", ".join(zoo.zoo_names()))
         path = zoo.build(args.name, force=args.force)
         card = json.loads((path / "card.json").read_text())
-        print(f"{args.name}: {path}\n  test perplexity {card.get('test_perplexity')}, unigram {card.get('unigram_perplexity')}")
+        print(f"{args.name}: {path}\n  WikiText-2 test perplexity {card['wikitext2_test_ppl']:.2f} "
+              f"(unigram on the same tokenizer {card['unigram_ppl']:.2f}), built in {card['seconds']:.0f}s")
         return 0
     cards = zoo.list_built()
     if not cards:
         print("no reference models built yet; try: sweeper zoo build gpt2-ref")
     for c in cards:
-        print(f"{c.get('name'):12s} ppl {c.get('test_perplexity')}  params {c.get('parameters')}  {c.get('path', '')}")
+        print(f"{c['name']:12s} test ppl {c['wikitext2_test_ppl']:8.2f}  unigram {c['unigram_ppl']:8.2f}  "
+              f"params {c['parameter_count']:,}  trained on {c['training']['dataset']}/{c['training']['split']}  {c['path']}")
     return 0
 
 

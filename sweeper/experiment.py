@@ -37,6 +37,7 @@ class Experiment:
     seed: int = 0
     wandb_project: str = "sweeper"
     trust_remote_code: bool = False
+    plugins: tuple = ()  # modules or .py files registering user recipes/tasks, imported on workers too
     metric: str | None = None  # default: the task's metric
     mode: str | None = None  # default: the task's mode
 
@@ -48,10 +49,14 @@ class Experiment:
     def validate(self) -> "Experiment":
         """Checks every field; returns self or raises ConfigError (one line)."""
         from .devices.kinds import get_kind
-        from .registry import RECIPES, TASKS, ensure_builtin_registered
+        from .registry import RECIPES, TASKS, ensure_builtin_registered, import_plugin
 
         ensure_builtin_registered()
         w = "experiment"
+        if not isinstance(self.plugins, (tuple, list)) or not all(isinstance(p, str) for p in self.plugins):
+            raise ConfigError(w, "plugins", self.plugins, "a list of module names or .py file paths")
+        for plugin in self.plugins:
+            import_plugin(plugin)
         if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", self.name):
             raise ConfigError(w, "name", self.name, "1-100 letters, digits, '_', '.', '-'")
         if not isinstance(self.model, str) or not self.model.strip():

@@ -64,6 +64,32 @@ RECIPES = Registry("recipe")
 TASKS = Registry("task")
 
 
+def import_plugin(ref: str):
+    """Imports a user module that registers recipes or tasks: a module name on sys.path
+    ("my_recipes") or a .py file path. Returns the module; raises ConfigError (one line)."""
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    try:
+        if ref.endswith(".py"):
+            path = Path(ref).expanduser().resolve()
+            name = f"sweeper_plugin_{path.stem}"
+            if name in sys.modules:
+                return sys.modules[name]
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file {path}")
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(ref)
+    except Exception as exc:
+        raise ConfigError("experiment", "plugins", ref, f"an importable module or .py file ({type(exc).__name__}: {exc})") from None
+
+
 def ensure_builtin_registered() -> None:
     """Imports the built-in recipe and task modules so their registrations run."""
     from . import recipes, tasks  # noqa: F401

@@ -61,7 +61,7 @@ def trial_main(config: dict, plan: dict) -> None:
         raise RuntimeError(known)
     spec = JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"], recipe=plan["recipe"],
                    recipe_kwargs={**plan["fixed"], **config}, seed=plan["seed"], trial_id=trial_id,
-                   trust_remote_code=plan["trust_remote_code"])
+                   trust_remote_code=plan["trust_remote_code"], plugins=plan["plugins"])
     t0 = time.time()
     worker, worker_id, job_id = ray.get(pool.submit.remote(plan["device"], spec))
     overhead_s = time.time() - t0
@@ -157,7 +157,7 @@ def run_baseline(pool, exp: Experiment) -> dict:
 
     task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
     spec = JobSpec(model=exp.model, task=type(exp.task).registered_name, task_kwargs=task_kwargs,
-                   recipe=None, seed=exp.seed, trust_remote_code=exp.trust_remote_code)
+                   recipe=None, seed=exp.seed, trust_remote_code=exp.trust_remote_code, plugins=tuple(exp.plugins))
     worker, _, job_id = ray.get(pool.submit.remote(exp.device, spec))
     cursor, state, metrics = 0, "RUNNING", {}
     while state == "RUNNING":
@@ -208,14 +208,23 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     pool = start_pool({exp.device: n_workers}, namespace)
 
     t0 = time.time()
-    print("[sweeper] measuring the FP32 baseline ...", flush=True)
-    baseline = run_baseline(pool, exp)
-    print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
+    baseline_file = run_dir / "baseline.json"
+    if resume and baseline_file.is_file():
+        baseline = json.loads(baseline_file.read_text())
+        print(f"[sweeper] baseline {metric} = {baseline.get(metric)} (kept from the interrupted run)", flush=True)
+    else:
+        print("[sweeper] measuring the FP32 baseline ...", flush=True)
+        baseline = run_baseline(pool, exp)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        baseline_file.write_text(json.dumps(baseline, indent=2, default=str))
+        print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
 
     task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
     plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
-            "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code}
+            "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code,
+            # absolute paths: workers may not share the driver's working directory
+            "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
     trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_res)
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
@@ -242,7 +251,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     grid = tuner.fit()
     stats = ray.get(pool.stats.remote())
     waits = ray.get(pool.submit_wait_times.remote())
-    summary = build_summary(exp, grid, baseline, stats, waits)
+    attempts = ray.get(pool.attempts.remote())
+    summary = build_summary(exp, grid, baseline, stats, waits, attempts)
     summary["elapsed_s"] = round(time.time() - t0, 1)
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir)
@@ -273,7 +283,8 @@ def _max_reports(exp: Experiment) -> int:
     return top + 1  # the epoch-0 report (encodings initialised, before training) counts too
 
 
-def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: list[float]) -> dict:
+def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: list[float],
+                  attempts: dict | None = None) -> dict:
     """Returns the summary dict: {"experiment", "metric", "mode", "baseline", "trials": [...], ...}."""
     metric, mode = exp.objective
     trials = []
@@ -285,6 +296,7 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
                  "metrics": {k: v for k, v in m.items() if _is_metric(k)}}
         if r.error:
             entry["error"] = _one_line(r.error)
+        entry["attempts"] = (attempts or {}).get(trial_id, 0)  # jobs started for it by this driver
         entry["path"] = r.path
         if r.checkpoint is not None:
             entry["checkpoint"] = r.checkpoint.path

@@ -30,6 +30,10 @@ def wandb_callback(project: str, results_dir: Path, group: str):
         return None
     from ray.air.integrations.wandb import WandbLoggerCallback
 
+    if mode == "offline":
+        # Ray's callback asks for an API key unless the *environment* says offline; the
+        # trial logging actors inherit it from here.
+        os.environ["WANDB_MODE"] = "offline"
     wandb_dir = results_dir / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return WandbLoggerCallback(project=project, group=group, mode=mode, dir=str(wandb_dir),

@@ -120,3 +120,15 @@ def test_resolve_default_model_offline(tmp_path, monkeypatch):
     assert resolve_default_model("no-such-org/no-such-model-1234") == "gpt2-ref"
     assert resolve_default_model(str(tmp_path)) == str(tmp_path)
     assert resolve_default_model("gpt2-ref", "x") == "gpt2-ref"
+
+
+def test_cli_zoo_list_shows_the_built_model(ref_model_dir):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sweeper.cli", "zoo", "list"], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("gpt2-ref"))
+    card = json.loads((ref_model_dir / "card.json").read_text())
+    assert f"{card['wikitext2_test_ppl']:.2f}" in line and str(ref_model_dir) in line

@@ -12,6 +12,7 @@ Local layouts understood, under a data folder D (``SWEEPER_DATA_DIR``, then ``./
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import os
@@ -82,6 +83,22 @@ def _hub_offline() -> bool:
     return any(os.environ.get(v, "0") not in ("", "0", "false", "False") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Returns whether the Hugging Face hub's host answers a TCP connect within timeout_s
+    seconds (checked once per process). Without this, `datasets` spends ~25 s in retries
+    per split on a machine with no network before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def _load_hub(config: str, split: str) -> TextSplit:
     import datasets
 
@@ -100,7 +117,9 @@ def load_wikitext(config: str = "wikitext-2-raw-v1", split: str = "test", *, all
         if found is not None:
             return found
     hub_note = "hub disabled"
-    if allow_hub and not _hub_offline():
+    if allow_hub and not _hub_offline() and not hub_reachable():
+        hub_note = "hub unreachable (no network)"
+    elif allow_hub and not _hub_offline():
         try:
             return _load_hub(config, split)
         except Exception as exc:  # network down, dataset missing: report it in the one line

@@ -10,7 +10,7 @@ class JobSpec:
     FP32 baseline) and evaluate it with a task.
 
     recipe/task are registered names; their kwargs build the config dataclasses on the
-    worker. trial_id ties the job to a Tune trial so a stopped trial's job is cancelled.
+    worker (after importing `plugins`). trial_id ties the job to a Tune trial so a stopped trial's job is cancelled.
     """
 
     model: str
@@ -21,3 +21,4 @@ class JobSpec:
     seed: int = 0
     trial_id: str = ""
     trust_remote_code: bool = False
+    plugins: tuple = ()  # user modules / .py files that register recipes or tasks

@@ -29,6 +29,7 @@ class DevicePool:
         self._cancelled: set[str] = set()
         self._busy: set[str] = set()
         self._failures: dict[str, str] = {}
+        self._attempts: dict[str, int] = {}
         self.submit_waits: list[float] = []
         remote_worker = ray.remote(DeviceWorker)
         for kind_name, count in workers_per_kind.items():
@@ -66,6 +67,7 @@ class DevicePool:
             self.submit_waits.append(time.monotonic() - t0)
             if spec.trial_id:
                 self._running[spec.trial_id] = (wid, job_id)
+                self._attempts[spec.trial_id] = self._attempts.get(spec.trial_id, 0) + 1
             return self._handles[wid], wid, job_id
 
     def release(self, worker_id: str) -> None:
@@ -104,6 +106,10 @@ class DevicePool:
     def known_failure(self, trial_id: str) -> str | None:
         """Returns the recorded deterministic failure of `trial_id`, or None."""
         return self._failures.get(trial_id)
+
+    def attempts(self) -> dict[str, int]:
+        """Returns {trial_id: jobs started for it} (more than 1: retried after a failure)."""
+        return dict(self._attempts)
 
     def free_counts(self) -> dict[str, int]:
         """Returns the number of idle workers per kind."""

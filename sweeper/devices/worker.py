@@ -199,9 +199,11 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
     from ..data import load_training_text
     from ..jobs import JobContext
     from ..models.loading import load_model
-    from ..registry import RECIPES, TASKS, ensure_builtin_registered
+    from ..registry import RECIPES, TASKS, ensure_builtin_registered, import_plugin
 
     ensure_builtin_registered()
+    for plugin in spec.plugins:
+        import_plugin(plugin)
     device = torch.device(worker.torch_device or "cpu")
 
     def check_cancelled():

@@ -100,7 +100,7 @@ register(ZooSpec(
     vocab_size=4096,
     seq_len=128,
     batch_size=16,
-    steps=600,
+    steps=400,  # ~2 min on 2 cores; test perplexity stays far below half the unigram's
     lr=3e-3,
     eval_batch_size=64,
     description="GPT-2 architecture, 2 layers, 128 wide, 4 heads, 128 positions, own 4096-token byte-level BPE",

@@ -136,6 +136,13 @@ def tokenize_split(tokenizer, dataset: str, split: str):
     return torch.tensor(ids, dtype=torch.long), text
 
 
+def _perplexity(mean_nll: float) -> float:
+    """Returns exp(mean_nll); inf past float range (a diverged model), NaN for a NaN loss."""
+    if math.isnan(mean_nll):
+        return float("nan")
+    return math.exp(mean_nll) if mean_nll < 709.0 else float("inf")
+
+
 def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
     """Returns {'wikitext2_ppl': perplexity, 'wikitext2_nll': mean NLL in nats/token,
     'wikitext2_scored_tokens': count, 'eval_settings': {...}} for `model` on the split."""
@@ -156,7 +163,7 @@ def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
         model.train(was_training)
     mean_nll = nll / scored
     return {
-        "wikitext2_ppl": math.exp(mean_nll) if math.isfinite(mean_nll) else float("nan"),
+        "wikitext2_ppl": _perplexity(mean_nll),
         "wikitext2_nll": mean_nll,
         "wikitext2_scored_tokens": scored,
         "eval_settings": {
