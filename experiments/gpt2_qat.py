@@ -29,9 +29,9 @@ def experiment(smoke: bool = False) -> Experiment:
     }
     fixed = {"param_bw": 8, "input_quantization": True, "clamp_value": 30.0, "batch_size": 8}
     if smoke:
-        # Short epochs and a 16k-token slice of the test split keep a trial under a minute on a CPU.
-        fixed.update(steps_per_epoch=25, calibration_batches=4, seq_len=128)
-        task = WikiText2PPL(split="test", max_tokens=16_384, batch_size=8)
+        # Short epochs and an 8k-token slice of the test split keep a trial under a minute on a CPU.
+        fixed.update(steps_per_epoch=20, calibration_batches=4, seq_len=128)
+        task = WikiText2PPL(split="test", max_tokens=8_192, batch_size=8)
     else:
         task = WikiText2PPL(split="test", batch_size=8)
     return Experiment(

@@ -237,7 +237,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         callbacks.append(wb)
     run_config = tune.RunConfig(name=exp.name, storage_path=str(storage), callbacks=callbacks, verbose=verbose,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                                sync_config=tune.SyncConfig(sync_artifacts=True))
+                                # each report carries the encodings; only the latest matters
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if resume and tune.Tuner.can_restore(str(run_dir)):
         print(f"[sweeper] resuming {run_dir}", flush=True)
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=False)

@@ -232,7 +232,7 @@ def clamp_activation_ranges(sim_model, clamp_value: float) -> int:
 def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     """Builds an aimet QuantSim of a copy of `model`, calibrates it, clamps activation ranges,
     reports the PTQ result as epoch 0, fine-tunes for config.epochs epochs (reporting each),
-    and exports the encodings, which go with the last report as artifacts. Returns Quantized(model=sim.model, artifacts={"encodings.json":
+    exporting the encodings with every report (as its artifacts). Returns Quantized(model=sim.model, artifacts={"encodings.json":
     aimet's exported encodings (format 1.0.0)}, reported=True, info={...})."""
     import torch
     from aimet_torch.common.defs import QuantScheme
@@ -294,14 +294,15 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
             with open(os.path.join(tmp, "model.encodings"), "rb") as f:
                 return f.read()
 
-    def report(metrics: dict, last: bool) -> bytes | None:
-        # The encodings go with the last report: a scheduler may end the trial right after it.
-        encodings = export_encodings() if last else None
-        ctx.report(metrics, {"encodings.json": encodings} if last else None)
+    def report(metrics: dict) -> bytes:
+        # Every report carries its encodings: a scheduler may end the trial after any of
+        # them, and the best trial's last report is the one whose encodings are exported.
+        encodings = export_encodings()
+        ctx.report(metrics, {"encodings.json": encodings})
         return encodings
 
     metrics = ctx.evaluate(sim.model)
-    encodings = report({**metrics, "epoch": 0}, last=config.epochs == 0)
+    encodings = report({**metrics, "epoch": 0})
     ctx.log(f"aimet_qat: epoch 0 (PTQ after init): {_short(metrics)}; {n_clamped} activation ranges clamped")
 
     params = [p for p in sim.model.parameters() if p.requires_grad]
@@ -332,7 +333,7 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         train_loss = total / count
         train_losses.append(train_loss)
         metrics = ctx.evaluate(sim.model)
-        encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss}, last=epoch == config.epochs)
+        encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss})
         ctx.log(f"aimet_qat: epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, {_short(metrics)}")
 
     info = {
