@@ -63,6 +63,9 @@ class Experiment:
             raise ConfigError(w, "model", self.model, "a Hugging Face id, a local path or a reference model name")
         if self.model.startswith((".", "/", "~")) and not Path(self.model).expanduser().exists():
             raise ConfigError(w, "model", self.model, "an existing local path (this one does not exist)")
+        from .models.loading import check_model_available
+
+        check_model_available(self.model)
         entry = RECIPES.get(self.recipe)
         TASKS.for_config(self.task)
         get_kind(self.device)

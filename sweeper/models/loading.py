@@ -185,3 +185,31 @@ def resolve_default_model(preferred: str = "gpt2", fallback: str = "gpt2-ref", *
         return preferred
     except Exception:
         return fallback
+
+
+def check_model_available(name: str) -> None:
+    """Raises ConfigError (one line) unless `name` can be loaded here: a zoo name, a local
+    model folder (with config.json), a hub id in the HF cache, or any hub id while the hub
+    is reachable (then the hub itself is the judge, at load time)."""
+    from ..data.wikitext import hub_reachable
+    from ..errors import ConfigError
+
+    try:
+        if _zoo_name(name) is not None:
+            return
+    except ModelNotFoundError:  # an unknown "zoo:" name
+        from .zoo import zoo_names
+
+        raise ConfigError("experiment", "model", name, f"a zoo name: {', '.join(zoo_names())}") from None
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ConfigError("experiment", "model", name, "a model folder with config.json (as save_pretrained writes it)")
+        return
+    if _in_hf_cache(name):
+        return
+    if _truthy("HF_HUB_OFFLINE") or not hub_reachable():
+        from .zoo import zoo_names
+
+        raise ConfigError("experiment", "model", name, f"a zoo name ({', '.join(zoo_names())}), a local model folder, "
+                          "or a hub id in the HF cache (the hub is not reachable from here)")
