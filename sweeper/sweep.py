@@ -134,7 +134,10 @@ def init_ray(namespace: str) -> None:
 
     if ray.is_initialized():
         return
+    from .data.wikitext import pin_data_dirs
     from .devices.kinds import local_cpu_count
+
+    pin_data_dirs()  # before Ray starts: its workers inherit this environment
 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True)

@@ -6,7 +6,8 @@ import pytest
 
 _REPO = Path(__file__).resolve().parents[1]
 _SHARED_DATA = _REPO.parent / "shared" / "data"
-os.environ.setdefault("SWEEPER_DATA_DIR", str(_SHARED_DATA))
+# absolute: tests change directory, and CI passes ../shared/data
+os.environ["SWEEPER_DATA_DIR"] = str(Path(os.environ.get("SWEEPER_DATA_DIR") or _SHARED_DATA).resolve())
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"

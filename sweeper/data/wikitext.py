@@ -54,6 +54,17 @@ def data_dirs() -> list[Path]:
     return dirs
 
 
+def pin_data_dirs() -> None:
+    """Makes the local data folders absolute in the environment (SWEEPER_DATA_DIR), so that
+    processes started from here with another working directory (Ray workers) search the
+    same folders."""
+    env = os.environ.get("SWEEPER_DATA_DIR")
+    if env:
+        os.environ["SWEEPER_DATA_DIR"] = str(Path(env).expanduser().resolve())
+    elif Path("data").is_dir():
+        os.environ["SWEEPER_DATA_DIR"] = str(Path("data").resolve())
+
+
 def _read_release_file(path: Path, config: str) -> tuple[str, str]:
     raw = path.read_bytes().decode("utf-8")
     text = raw.replace("\r\n", "\n")
