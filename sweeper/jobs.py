@@ -24,7 +24,6 @@ class JobContext:
     log: Callable[[str], None] = print
     evaluate: Callable[[Any], dict] | None = None  # runs the job's task on a model
     train_text: Any = None  # TextSplit used for calibration / fine-tuning
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass

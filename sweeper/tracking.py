@@ -5,8 +5,6 @@ import math
 import os
 from pathlib import Path
 
-SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-
 
 def wandb_mode() -> str:
     """Returns "online" when a W&B key is configured (WANDB_API_KEY or a netrc entry) and
