@@ -47,6 +47,20 @@ def _flatten(metrics: dict) -> dict:
     return out
 
 
+def iter_job_events(worker, job_id: str, poll_s: float = 2.0):
+    """Yields a worker job's events (dicts with "type") in order until the job has ended."""
+    import ray
+
+    cursor = 0
+    while True:
+        # poll returns every event after `cursor` together with the state, atomically
+        events, state = ray.get(worker.poll.remote(job_id, cursor, poll_s))
+        cursor += len(events)
+        yield from events
+        if state != "RUNNING":
+            return
+
+
 def trial_main(config: dict, plan: dict) -> None:
     """The Tune function trainable: runs one trial's job on a pooled worker and reports
     each of its metric records. Raises (trial ERROR) if the job fails or a metric is NaN."""
@@ -65,38 +79,31 @@ def trial_main(config: dict, plan: dict) -> None:
     t0 = time.time()
     worker, worker_id, job_id = ray.get(pool.submit.remote(plan["device"], spec))
     overhead_s = time.time() - t0
-    cursor, state = 0, "RUNNING"
     metric = plan["metric"]
+    ended = False
     try:
-        while True:
-            # poll returns every event after `cursor` together with the state, atomically
-            events, state = ray.get(worker.poll.remote(job_id, cursor, 2.0))
-            cursor += len(events)
-            for ev in events:
-                if ev["type"] == "metrics":
-                    m = _flatten(ev["metrics"])
-                    m.update(worker_id=worker_id, job_start_overhead_s=overhead_s)
-                    value = m.get(metric)
-                    if not isinstance(value, (int, float)) or not math.isfinite(value):
-                        reason = f"{metric} is {value!r} at epoch {m.get('epoch', '-')}"
-                        ray.get(pool.record_failure.remote(trial_id, reason))
-                        raise FloatingPointError(reason)
-                    if ev.get("artifacts"):
-                        with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as tmp:
-                            for name, data in ev["artifacts"].items():
-                                (Path(tmp) / name).write_bytes(data)
-                            tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
-                    else:
-                        tune.report(m)
-                elif ev["type"] == "error":
-                    ray.get(pool.record_failure.remote(trial_id, ev["error"]))
-                    raise RuntimeError(f"job failed on {worker_id}: {ev['error']}")
-                elif ev["type"] == "cancelled":
-                    return
-            if state != "RUNNING":
-                return
+        for ev in iter_job_events(worker, job_id):
+            if ev["type"] == "metrics":
+                m = _flatten(ev["metrics"])
+                m.update(worker_id=worker_id, job_start_overhead_s=overhead_s)
+                value = m.get(metric)
+                if not isinstance(value, (int, float)) or not math.isfinite(value):
+                    reason = f"{metric} is {value!r} at epoch {m.get('epoch', '-')}"
+                    ray.get(pool.record_failure.remote(trial_id, reason))
+                    raise FloatingPointError(reason)
+                if ev.get("artifacts"):
+                    with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as tmp:
+                        for name, data in ev["artifacts"].items():
+                            (Path(tmp) / name).write_bytes(data)
+                        tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
+                else:
+                    tune.report(m)
+            elif ev["type"] == "error":
+                ray.get(pool.record_failure.remote(trial_id, ev["error"]))
+                raise RuntimeError(f"job failed on {worker_id}: {ev['error']}")
+        ended = True
     finally:
-        if state == "RUNNING":
+        if not ended:  # the trial is being torn down (or raised): free the worker now
             worker.cancel.remote(job_id)
 
 
@@ -152,25 +159,19 @@ def trial_resources(cluster: dict) -> dict:
     return {TRIAL_RESOURCE: 1} if cluster.get(TRIAL_RESOURCE, 0) >= 1 else {"cpu": 0.01}
 
 
-def run_baseline(pool, exp: Experiment) -> dict:
-    """Returns the FP32 model's metrics on the experiment's task (one job on the pool)."""
+def run_baseline(pool, plan: dict) -> dict:
+    """Returns the FP32 model's metrics on the plan's task (one job on the pool, no recipe)."""
     import ray
 
-    from .config import to_dict
-
-    task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
-    spec = JobSpec(model=exp.model, task=type(exp.task).registered_name, task_kwargs=task_kwargs,
-                   recipe=None, seed=exp.seed, trust_remote_code=exp.trust_remote_code, plugins=tuple(exp.plugins))
-    worker, _, job_id = ray.get(pool.submit.remote(exp.device, spec))
-    cursor, state, metrics = 0, "RUNNING", {}
-    while state == "RUNNING":
-        events, state = ray.get(worker.poll.remote(job_id, cursor, 5.0))
-        cursor += len(events)
-        for ev in events:
-            if ev["type"] == "metrics":
-                metrics = ev["metrics"]
-            elif ev["type"] == "error":
-                raise RuntimeError(f"baseline evaluation failed: {ev['error']}")
+    spec = JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"], recipe=None,
+                   seed=plan["seed"], trust_remote_code=plan["trust_remote_code"], plugins=plan["plugins"])
+    worker, _, job_id = ray.get(pool.submit.remote(plan["device"], spec))
+    metrics = {}
+    for ev in iter_job_events(worker, job_id, poll_s=5.0):
+        if ev["type"] == "metrics":
+            metrics = ev["metrics"]
+        elif ev["type"] == "error":
+            raise RuntimeError(f"baseline evaluation failed: {ev['error']}")
     return metrics
 
 
@@ -210,6 +211,12 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
           f"task {type(exp.task).registered_name}, {exp.num_samples} sample(s), objective {metric} {mode}", flush=True)
     pool = start_pool({exp.device: n_workers}, namespace)
 
+    task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
+    plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
+            "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
+            "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code,
+            # absolute paths: workers may not share the driver's working directory
+            "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
     t0 = time.time()
     baseline_file = run_dir / "baseline.json"
     if resume and baseline_file.is_file():
@@ -217,17 +224,11 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} (kept from the interrupted run)", flush=True)
     else:
         print("[sweeper] measuring the FP32 baseline ...", flush=True)
-        baseline = run_baseline(pool, exp)
+        baseline = run_baseline(pool, plan)
         run_dir.mkdir(parents=True, exist_ok=True)
         baseline_file.write_text(json.dumps(baseline, indent=2, default=str))
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
 
-    task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
-    plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
-            "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
-            "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code,
-            # absolute paths: workers may not share the driver's working directory
-            "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
     trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_res)
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,

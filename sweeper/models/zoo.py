@@ -25,6 +25,7 @@ from typing import Callable
 
 from ..cache import build_once, cache_root, is_complete
 from ..data.wikitext import TRAINING_SOURCES as TRAIN_SOURCES
+from ..data.wikitext import load_training_text
 from ..errors import ConfigError
 
 # Bump when the training or evaluation code changes what a build produces.
@@ -168,14 +169,6 @@ def _threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load_training_text(spec: ZooSpec):
-    """Returns the TextSplit of the first available training source of `spec`; raises
-    DataNotFoundError naming every source tried when none is available."""
-    from ..data import load_training_text as load_first
-
-    return load_first(spec.train_sources)
-
-
 def _make_model(spec: ZooSpec, tok):
     import torch
 
@@ -223,7 +216,7 @@ def _build_into(spec: ZooSpec, out: Path, log: Callable[[str], None]) -> None:
     threads = _threads()
     torch.set_num_threads(threads)
     try:
-        text = load_training_text(spec)
+        text = load_training_text(spec.train_sources)
         log(f"zoo {spec.name}: training text {text.dataset}/{text.split} ({len(text.text):,} chars) from {text.source}")
         tok = train_bpe_tokenizer(text.text, spec.vocab_size)
         ids = torch.tensor(tok(text.text, return_attention_mask=False, verbose=False)["input_ids"], dtype=torch.long)
