@@ -1,4 +1,4 @@
-"""`sweeper run | resume | devices | zoo` — the command line."""
+"""`sweeper run | resume | devices | zoo | leaderboard` — the command line."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     zb.add_argument("name")
     zb.add_argument("--force", action="store_true", help="rebuild even if a complete entry exists")
     zsub.add_parser("list", help="list built reference models")
+    # listed for --help only: main() hands its arguments to sweeper.leaderboard untouched
+    sub.add_parser("leaderboard", help="rank the trials of several sweeps together (see: sweeper leaderboard -h)",
+                   add_help=False)
     return ap
 
 
@@ -152,6 +155,11 @@ def _cmd_zoo(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sweeper` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["leaderboard"]:
+        from .leaderboard import main as leaderboard_main
+
+        return leaderboard_main(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "resume": _cmd_resume, "devices": _cmd_devices, "zoo": _cmd_zoo}
     try:
