@@ -20,7 +20,8 @@ SCHEDULERS = ("asha", "fifo")
 @dataclass
 class Experiment:
     """A sweep. `search_space` maps recipe config fields to Ray Tune domains or plain
-    values; `fixed` holds recipe fields that every trial shares."""
+    values; `fixed` holds recipe fields that every trial shares; `trials` lists recipe
+    configurations run as they are, before `num_samples` samples of the search space."""
 
     name: str
     model: str
@@ -28,6 +29,7 @@ class Experiment:
     task: Any
     search_space: dict = field(default_factory=dict)
     fixed: dict = field(default_factory=dict)
+    trials: list = field(default_factory=list)  # fixed trials (Tune's points_to_evaluate)
     device: str = "cpu"
     workers: int | None = None  # None: as many as the cluster holds for the kind
     num_samples: int = 4
@@ -40,6 +42,15 @@ class Experiment:
     plugins: tuple = ()  # modules or .py files registering user recipes/tasks, imported on workers too
     metric: str | None = None  # default: the task's metric
     mode: str | None = None  # default: the task's mode
+    onnx_opset: int = 18  # for recipes that work on an ONNX export of the model
+
+    @property
+    def model_format(self) -> str:
+        """Returns "onnx" when the recipe works on an ONNX graph, else "torch"."""
+        from .registry import RECIPES, ensure_builtin_registered
+
+        ensure_builtin_registered()
+        return getattr(RECIPES.get(self.recipe).config_cls, "model_format", "torch")
 
     @property
     def objective(self) -> tuple[str, str]:
@@ -71,7 +82,8 @@ class Experiment:
         get_kind(self.device)
         if self.workers is not None:
             check_int(w, "workers", self.workers, 1, 4096)
-        check_int(w, "num_samples", self.num_samples, 1, 100_000)
+        check_int(w, "num_samples", self.num_samples, 0 if self.trials else 1, 100_000)
+        check_int(w, "onnx_opset", self.onnx_opset, 13, 30)
         check_choice(w, "scheduler", self.scheduler, SCHEDULERS)
         check_int(w, "grace_period", self.grace_period, 1, 10_000)
         check_int(w, "max_failures", self.max_failures, 0, 100)
@@ -82,6 +94,7 @@ class Experiment:
         if metric != self.task.metric:
             raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
         validate_space(entry.config_cls, self.search_space, self.fixed)
+        validate_trials(entry.config_cls, self.trials, self.fixed)
         check_data = getattr(self.task, "check_data", None)
         if check_data:
             check_data()
@@ -110,9 +123,13 @@ def _domain_values(name: str, domain) -> list:
     return [domain]
 
 
-def validate_space(config_cls, space: dict, fixed: dict) -> None:
-    """Raises ConfigError unless every key is a field of `config_cls` and every value or
-    domain bound builds a valid config."""
+def validate_space(config_cls, space: dict, fixed: dict, max_combinations: int = 20_000) -> None:
+    """Raises ConfigError unless every key is a field of `config_cls` and every combination
+    of the domains' values (grid values, categories, range bounds) builds a valid config,
+    so a combination the recipe refuses is caught before any trial runs. Beyond
+    `max_combinations`, each value is checked with the other keys at their first value."""
+    import itertools
+
     if not isinstance(space, dict):
         raise ConfigError("experiment", "search_space", type(space).__name__, "a dict of field -> domain")
     names = [f.name for f in dataclasses.fields(config_cls)]
@@ -120,6 +137,30 @@ def validate_space(config_cls, space: dict, fixed: dict) -> None:
         if key not in names:
             raise ConfigError(f"search_space of {config_cls.registered_name}", key, "(field)", ", ".join(names))
     config_cls(**fixed)
-    for key, domain in space.items():
-        for value in _domain_values(key, domain):
-            config_cls(**{**fixed, key: value})
+    values = {k: v for k, v in ((k, _domain_values(k, d)) for k, d in space.items()) if v}
+    count = 1
+    for v in values.values():
+        count *= len(v)
+    if count <= max_combinations:
+        for combo in itertools.product(*values.values()):
+            config_cls(**{**fixed, **dict(zip(values, combo))})
+        return
+    first = {k: v[0] for k, v in values.items()}
+    for key, vals in values.items():
+        for value in vals:
+            config_cls(**{**fixed, **first, key: value})
+
+
+def validate_trials(config_cls, trials, fixed: dict) -> None:
+    """Raises ConfigError unless every fixed trial is a dict of `config_cls` fields that,
+    over `fixed`, builds a valid config."""
+    if not isinstance(trials, (list, tuple)):
+        raise ConfigError("experiment", "trials", type(trials).__name__, "a list of dicts of recipe fields")
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    for i, trial in enumerate(trials):
+        if not isinstance(trial, dict):
+            raise ConfigError("experiment", f"trials[{i}]", trial, "a dict of recipe fields")
+        for key in trial:
+            if key not in names:
+                raise ConfigError(f"trials[{i}] of {config_cls.registered_name}", key, "(field)", ", ".join(names))
+        config_cls(**{**fixed, **trial})

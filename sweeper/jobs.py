@@ -24,6 +24,8 @@ class JobContext:
     log: Callable[[str], None] = print
     evaluate: Callable[[Any], dict] | None = None  # runs the job's task on a model
     train_text: Any = None  # TextSplit used for calibration / fine-tuning
+    kind: Any = None  # the worker's devices.kinds.DeviceKind (ONNX Runtime providers); None: cpu
+    workdir: Any = None  # a folder private to this job, removed when it ends (quantized graphs)
 
 
 @dataclass

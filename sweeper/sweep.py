@@ -73,9 +73,7 @@ def trial_main(config: dict, plan: dict) -> None:
     known = ray.get(pool.known_failure.remote(trial_id))
     if known:  # deterministic failure seen on an earlier attempt: don't burn the device again
         raise RuntimeError(known)
-    spec = JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"], recipe=plan["recipe"],
-                   recipe_kwargs={**plan["fixed"], **config}, seed=plan["seed"], trial_id=trial_id,
-                   trust_remote_code=plan["trust_remote_code"], plugins=plan["plugins"])
+    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **config}, trial_id=trial_id)
     t0 = time.time()
     worker, worker_id, job_id = ray.get(pool.submit.remote(plan["device"], spec))
     overhead_s = time.time() - t0
@@ -159,12 +157,19 @@ def trial_resources(cluster: dict) -> dict:
     return {TRIAL_RESOURCE: 1} if cluster.get(TRIAL_RESOURCE, 0) >= 1 else {"cpu": 0.01}
 
 
+def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "") -> JobSpec:
+    """Returns the JobSpec of one trial of the plan (recipe_kwargs None: the FP32 baseline)."""
+    return JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"],
+                   recipe=plan["recipe"] if recipe_kwargs is not None else None, recipe_kwargs=recipe_kwargs or {},
+                   seed=plan["seed"], trial_id=trial_id, trust_remote_code=plan["trust_remote_code"],
+                   plugins=plan["plugins"], model_format=plan["model_format"], onnx_opset=plan["onnx_opset"])
+
+
 def run_baseline(pool, plan: dict) -> dict:
     """Returns the FP32 model's metrics on the plan's task (one job on the pool, no recipe)."""
     import ray
 
-    spec = JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"], recipe=None,
-                   seed=plan["seed"], trust_remote_code=plan["trust_remote_code"], plugins=plan["plugins"])
+    spec = job_spec(plan, None)
     worker, _, job_id = ray.get(pool.submit.remote(plan["device"], spec))
     metrics = {}
     for ev in iter_job_events(worker, job_id, poll_s=5.0):
@@ -209,15 +214,21 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     n_workers = min(exp.workers or room, room)
     print(f"[sweeper] {exp.name}: {n_workers} '{exp.device}' worker(s), model {exp.model}, recipe {exp.recipe}, "
           f"task {type(exp.task).registered_name}, {exp.num_samples} sample(s), objective {metric} {mode}", flush=True)
-    pool = start_pool({exp.device: n_workers}, namespace)
+    pool = start_pool({exp.device: n_workers}, namespace, kinds={exp.device: kind})
 
     task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
     plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
             "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code,
+            "model_format": exp.model_format, "onnx_opset": exp.onnx_opset,
             # absolute paths: workers may not share the driver's working directory
             "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
     t0 = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # What Tune's own files do not say: lets `sweeper leaderboard` read a bare results folder.
+    (run_dir / "experiment.json").write_text(json.dumps(
+        {"experiment": exp.name, "model": exp.model, "recipe": exp.recipe, "device": exp.device, "metric": metric,
+         "mode": mode, "task": to_dict(exp.task), "model_format": exp.model_format}, indent=2, default=str))
     baseline_file = run_dir / "baseline.json"
     if resume and baseline_file.is_file():
         baseline = json.loads(baseline_file.read_text())
@@ -249,9 +260,13 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     else:
         tuner = tune.Tuner(
             trainable, param_space=dict(exp.search_space),
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=exp.num_samples,
-                                        # Tune ignores max_concurrent_trials for a given BasicVariantGenerator
-                                        search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=n_workers)),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, scheduler=scheduler,
+                # each fixed trial takes the place of one sample of the space
+                num_samples=exp.num_samples + len(exp.trials),
+                # Tune ignores max_concurrent_trials for a given BasicVariantGenerator
+                search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=n_workers,
+                                                 points_to_evaluate=[dict(t) for t in exp.trials] or None)),
             run_config=run_config)
     grid = tuner.fit()
     stats = ray.get(pool.stats.remote())
@@ -261,6 +276,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     summary["elapsed_s"] = round(time.time() - t0, 1)
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir)
+    summary["pareto_size"] = size_front(summary)
     table = summary_table(summary)
     print("\n" + table, flush=True)
     if best:
@@ -269,8 +285,34 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     out = Path(summary_path) if summary_path else run_dir / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"[sweeper] summary written to {out}", flush=True)
+    out.with_suffix(".txt").write_text(table + "\n")
+    print(f"[sweeper] summary written to {out} (table: {out.with_suffix('.txt').name})", flush=True)
+    report_leaderboard(exp, summary, out, run_dir)
     return SweepResult(summary, run_dir, out, table, stats)
+
+
+def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_dir: Path) -> None:
+    """Draws the Pareto plot beside the summary (when trials report a size or latency) and
+    logs the ranked table and the plot to one sweep-level W&B run of the project. A failure
+    here is printed, never raised: the summary is already on disk."""
+    from .leaderboard import build_board
+    from .report_plot import plot_pareto
+    from .tracking import wandb_mode
+    from .wandb_report import log_leaderboard_run
+
+    try:
+        board = build_board([{**summary, "source": str(summary_path)}])
+        plot = None
+        if board.fronts:
+            plot = summary_path.with_name(summary_path.stem + "_pareto.png")
+            plot_pareto(board, plot)
+            print(f"[sweeper] Pareto plot written to {plot}", flush=True)
+        if wandb_mode() != "disabled":
+            where = log_leaderboard_run(exp.wandb_project, board.rows, board.columns, plot, run_dir,
+                                        name=f"{exp.name}-leaderboard")
+            print(f"[sweeper] leaderboard logged to W&B ({wandb_mode()}): {where}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - reporting must not lose a finished sweep
+        print(f"[sweeper] could not write the leaderboard report: {type(exc).__name__}: {exc}", flush=True)
 
 
 def _max_reports(exp: Experiment) -> int:
@@ -359,24 +401,45 @@ def _export_best(summary: dict, grid, run_dir: Path) -> dict | None:
     return best
 
 
+def size_front(summary: dict) -> list[str]:
+    """Returns the trial ids on the quality-vs-size Pareto front (objective in its sense,
+    model_size_mb minimised) among finished trials that report a size; [] when none do."""
+    from .pareto import pareto_front
+
+    metric, mode = summary["metric"], summary["mode"]
+    done = [t for t in summary["trials"] if t["status"] == "TERMINATED"
+            and _finite(t["metrics"].get(metric)) and _finite(t["metrics"].get("model_size_mb"))]
+    points = [(t["metrics"][metric], t["metrics"]["model_size_mb"]) for t in done]
+    return [done[i]["trial_id"] for i in pareto_front(points, (mode, "min"))] if points else []
+
+
 def summary_table(summary: dict) -> str:
-    """Returns the trial table (sorted by the objective) with Δ vs the FP32 baseline."""
+    """Returns the trial table (sorted by the objective) with Δ vs the FP32 baseline, and,
+    where trials report model_size_mb, the size and a '*' on the quality-vs-size front."""
     metric = summary["metric"]
     base = summary["baseline"].get(metric)
     keys = sorted({k for t in summary["trials"] for k in t["config"]})
-    rows = [{"trial": "fp32 baseline", metric: base, "status": "-"}]
+    sized = any("model_size_mb" in t["metrics"] for t in summary["trials"])
+    front = set(summary.get("pareto_size") or [])
+    rows = [{"trial": "fp32 baseline", metric: base, "status": "-", "size MB": summary["baseline"].get("model_size_mb", "")}]
     for t in summary["trials"]:
         v = t["metrics"].get(metric)
         row = {"trial": t["trial_id"], "status": t["status"], metric: v, **t["config"],
-               "epoch": t["metrics"].get("epoch", "")}
+               "epoch": t["metrics"].get("epoch", ""), "size MB": t["metrics"].get("model_size_mb", ""),
+               "front": "*" if t["trial_id"] in front else ""}
         if _finite(v) and _finite(base):
+            row["Δ vs fp32"] = v - base
             row["Δ vs fp32 %"] = 100.0 * (v - base) / base
         if t["status"] == "ERROR":
             row["error"] = t.get("error", "")[:80]
         rows.append(row)
-    cols = ["trial", "status", metric, "Δ vs fp32 %", "epoch"] + keys
+    if sized:
+        cols = ["trial", "status"] + keys + ["size MB", metric, "Δ vs fp32", "Δ vs fp32 %", "front"]
+    else:
+        cols = ["trial", "status", metric, "Δ vs fp32 %", "epoch"] + keys
     if any("error" in r for r in rows):
         cols.append("error")
     settings = summary.get("eval_settings", {})
     caption = ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("dataset", "split", "context_length", "stride", "max_tokens", "dtype"))
-    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + format_table(rows, cols)
+    legend = "\n* = on the quality-vs-size Pareto front; size MB = graph plus external data, 2**20 bytes" if sized else ""
+    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + format_table(rows, cols) + legend

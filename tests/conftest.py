@@ -54,3 +54,13 @@ def ref_model_dir(data_dir) -> Path:
     from sweeper.models import zoo
 
     return zoo.build("gpt2-ref")
+
+
+@pytest.fixture(scope="session")
+def opt_small_dir(data_dir) -> Path:
+    """A short-trained (80 steps) variant of the opt-ref zoo model: a real if weak OPT
+    language model, built in well under a minute and cached like ref_model_dir."""
+    os.environ.setdefault("SWEEPER_CACHE_DIR", str(_REPO / ".sweeper-cache"))
+    from sweeper.models import zoo
+
+    return zoo.build(zoo.tiny_variant("opt-ref", steps=80, eval_max_tokens=4096))

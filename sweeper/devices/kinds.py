@@ -1,4 +1,5 @@
-"""Device kinds: a name, the Ray resources one worker of it holds, and its torch device."""
+"""Device kinds: a name, the Ray resources one worker of it holds, its torch device and
+the ONNX Runtime execution providers (with options) its sessions use."""
 from __future__ import annotations
 
 import os
@@ -13,13 +14,25 @@ class DeviceKind:
 
     resources: Ray resources one worker holds, e.g. {"CPU": 1} or {"GPU": 1}.
     torch_device: "cpu" or "cuda" (None for kinds reached only through ONNX Runtime).
-    threads: torch intra-op threads a worker of this kind uses.
+    threads: torch and onnxruntime intra-op threads a worker of this kind uses.
+    providers: onnxruntime execution providers in priority order, as (name, options) pairs.
+    The first is the one the kind exists for: a session that does not get it is refused.
+    precision_env: {precision: {ENV_VAR: value}} for providers that switch precision
+    through the environment (Enflame's TopsInference EP: ORT_TOPSINFERENCE_FP16_ENABLE);
+    a precision not listed here is had by converting the graph itself (e.g. to FP16).
     """
 
     name: str
     resources: dict = field(default_factory=dict)
     torch_device: str | None = "cpu"
     threads: int = 1
+    providers: tuple = (("CPUExecutionProvider", {}),)
+    precision_env: dict = field(default_factory=dict)
+
+    @property
+    def provider(self) -> str:
+        """Returns the name of the execution provider this kind exists for."""
+        return self.providers[0][0]
 
     def actor_options(self) -> dict:
         """Returns the ray.remote options that make an actor hold this kind's resources."""
@@ -32,7 +45,16 @@ class DeviceKind:
 
 KINDS: dict[str, DeviceKind] = {
     "cpu": DeviceKind("cpu", {"CPU": 1}, "cpu", threads=1),
-    "cuda": DeviceKind("cuda", {"GPU": 1, "CPU": 0}, "cuda", threads=1),
+    # Ray sets CUDA_VISIBLE_DEVICES to the worker's one GPU, so it is device 0 in the actor.
+    "cuda": DeviceKind("cuda", {"GPU": 1, "CPU": 0}, "cuda", threads=1,
+                       providers=(("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {}))),
+    # Enflame GCU through onnxruntime's TopsInference EP, one custom "GCU" resource per card.
+    # The EP runs FP16 mixed precision unless ORT_TOPSINFERENCE_FP16_ENABLE=0 (Enflame's
+    # model zoo switches it that way), so both precisions use the FP32 graph.
+    "gcu": DeviceKind("gcu", {"GCU": 1, "CPU": 0}, None, threads=1,
+                      providers=(("TopsInferenceExecutionProvider", {}),),
+                      precision_env={"fp16": {"ORT_TOPSINFERENCE_FP16_ENABLE": "1"},
+                                     "fp32": {"ORT_TOPSINFERENCE_FP16_ENABLE": "0"}}),
 }
 
 
@@ -47,6 +69,69 @@ def register_kind(kind: DeviceKind) -> DeviceKind:
     """Registers (or replaces) a device kind; returns it."""
     KINDS[kind.name] = kind
     return kind
+
+
+KIND_FIELDS = ("name", "resources", "torch_device", "threads", "providers", "precision_env")
+
+
+def kind_from_dict(d: dict, where: str = "device kind") -> DeviceKind:
+    """Returns the DeviceKind described by `d` (keys of KIND_FIELDS; providers as a list of
+    provider names or [name, {options}] pairs); raises ConfigError (one line) on a bad entry."""
+    from ..config import check_int
+
+    if not isinstance(d, dict):
+        raise ConfigError(where, "entry", d, "a mapping with " + ", ".join(KIND_FIELDS))
+    unknown = [k for k in d if k not in KIND_FIELDS]
+    if unknown:
+        raise ConfigError(where, unknown[0], d[unknown[0]], "fields " + ", ".join(KIND_FIELDS))
+    name = d.get("name")
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(where, "name", name, "letters, digits, '-' and '_'")
+    where = f"device kind {name}"
+    res = d.get("resources", {"CPU": 1})
+    if not isinstance(res, dict) or not res or not all(isinstance(v, (int, float)) and v >= 0 for v in res.values()):
+        raise ConfigError(where, "resources", res, "a non-empty mapping of Ray resource -> amount >= 0")
+    if d.get("torch_device", "cpu") not in ("cpu", "cuda", None):
+        raise ConfigError(where, "torch_device", d.get("torch_device"), "'cpu', 'cuda' or null")
+    check_int(where, "threads", d.get("threads", 1), 1, 1024)
+    providers = []
+    for p in d.get("providers", ["CPUExecutionProvider"]):
+        if isinstance(p, str):
+            p = [p, {}]
+        if (not isinstance(p, (list, tuple)) or len(p) != 2 or not isinstance(p[0], str)
+                or not p[0].endswith("ExecutionProvider") or not isinstance(p[1], dict)):
+            raise ConfigError(where, "providers", p, "'XxxExecutionProvider' or [name, {options}]")
+        providers.append((p[0], dict(p[1])))
+    if not providers:
+        raise ConfigError(where, "providers", [], "at least one execution provider")
+    env = d.get("precision_env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, dict) for v in env.values()):
+        raise ConfigError(where, "precision_env", env, "a mapping precision -> {ENV_VAR: value}")
+    return DeviceKind(name, {str(k): v for k, v in res.items()}, d.get("torch_device", "cpu"), d.get("threads", 1),
+                      tuple(providers), {p: {str(k): str(v) for k, v in e.items()} for p, e in env.items()})
+
+
+def load_kinds_file(path) -> list[DeviceKind]:
+    """Returns the device kinds listed in a YAML or JSON file (a list of kind mappings, or
+    {"kinds": [...]}) without registering them; raises ConfigError naming the file."""
+    import json
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise ConfigError("device kinds file", "path", str(p), f"a readable YAML or JSON file ({type(exc).__name__}: {exc})") from None
+    entries = data.get("kinds") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise ConfigError(f"device kinds file {p}", "kinds", type(entries).__name__, "a list of kind mappings")
+    return [kind_from_dict(e, f"device kinds file {p}") for e in entries]
 
 
 def capacity(kind: DeviceKind, cluster_resources: dict) -> int:

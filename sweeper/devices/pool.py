@@ -16,11 +16,14 @@ POOL_ACTOR_NAME = "sweeper-device-pool"
 class DevicePool:
     """Async Ray actor class (wrapped with ray.remote by `start_pool`)."""
 
-    def __init__(self, workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0):
+    def __init__(self, workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0,
+                 kinds: dict | None = None):
         import ray
 
         from .kinds import get_kind
         from .worker import DeviceWorker
+
+        kinds = dict(kinds or {})  # DeviceKind objects: user kinds are not registered in this process
 
         self._handles: dict[str, object] = {}
         self._kind_of: dict[str, str] = {}
@@ -33,14 +36,14 @@ class DevicePool:
         self.submit_waits: list[float] = []
         remote_worker = ray.remote(DeviceWorker)
         for kind_name, count in workers_per_kind.items():
-            kind = get_kind(kind_name)
+            kind = kinds.get(kind_name) or get_kind(kind_name)
             self._free[kind_name] = asyncio.Queue()
             for i in range(count):
                 wid = f"{kind_name}-{i}"
                 handle = remote_worker.options(
                     name=f"sweeper-worker-{wid}", namespace=namespace, max_concurrency=16,
                     max_restarts=-1, **kind.actor_options(),
-                ).remote(wid, kind_name, kind.torch_device, kind.threads, POOL_ACTOR_NAME, namespace, heartbeat_timeout_s)
+                ).remote(wid, kind, POOL_ACTOR_NAME, namespace, heartbeat_timeout_s)
                 self._handles[wid] = handle
                 self._kind_of[wid] = kind_name
                 self._free[kind_name].put_nowait(wid)
@@ -120,12 +123,13 @@ class DevicePool:
         return list(self.submit_waits)
 
 
-def start_pool(workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0):
-    """Starts the named pool actor and its workers; returns the pool handle once all
-    workers are up."""
+def start_pool(workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0,
+               kinds: dict | None = None):
+    """Starts the named pool actor and its workers (`kinds`: name -> DeviceKind for kinds not
+    built in); returns the pool handle once all workers are up."""
     import ray
 
     pool = ray.remote(DevicePool).options(name=POOL_ACTOR_NAME, namespace=namespace, num_cpus=0,
-                                          max_concurrency=1000).remote(workers_per_kind, namespace, heartbeat_timeout_s)
+                                          max_concurrency=1000).remote(workers_per_kind, namespace, heartbeat_timeout_s, kinds)
     ray.get(pool.ready.remote())
     return pool

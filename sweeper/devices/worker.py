@@ -8,6 +8,7 @@ cancelled, so the device never stays busy for nobody.
 """
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 import traceback
@@ -33,18 +34,21 @@ class _Job:
 class DeviceWorker:
     """A Ray actor class (wrapped with ray.remote by the pool) that runs jobs on one device."""
 
-    def __init__(self, worker_id: str, kind_name: str, torch_device: str | None, threads: int,
-                 pool_name: str | None = None, namespace: str | None = None, heartbeat_timeout_s: float = 30.0):
+    def __init__(self, worker_id: str, kind, pool_name: str | None = None, namespace: str | None = None,
+                 heartbeat_timeout_s: float = 30.0):
         import torch
 
-        self.worker_id, self.kind_name = worker_id, kind_name
-        self.torch_device = torch_device
-        torch.set_num_threads(max(1, threads))
+        self.worker_id, self.kind, self.kind_name = worker_id, kind, kind.name
+        self.torch_device = kind.torch_device
+        torch.set_num_threads(max(1, kind.threads))
+        # Exported and quantized graphs live here; the folder goes with the worker process.
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"sweeper-{worker_id}-")
         self._lock = threading.Condition()
         self._jobs: dict[str, _Job] = {}
         self._cache: dict = {}
         self._cache_lock = threading.Lock()
-        self.counters = {"model_loads": 0, "model_cache_hits": 0, "data_builds": 0, "data_cache_hits": 0,
+        self.counters = {"model_loads": 0, "model_cache_hits": 0, "onnx_exports": 0, "onnx_cache_hits": 0,
+                         "data_builds": 0, "data_cache_hits": 0,
                          "jobs_started": 0, "jobs_done": 0, "jobs_failed": 0, "jobs_cancelled": 0,
                          "busy_s": 0.0}
         self._heartbeat_timeout_s = heartbeat_timeout_s
@@ -124,7 +128,7 @@ class DeviceWorker:
 
     def cached(self, key, build):
         """Returns the worker-cached value for `key`, calling build() once on a miss."""
-        kind = "model" if isinstance(key, tuple) and key and key[0] == "model" else "data"
+        kind = key[0] if isinstance(key, tuple) and key and key[0] in ("model", "onnx") else "data"
         with self._cache_lock:
             if key in self._cache:
                 self.counters[f"{kind}_cache_hits"] += 1
@@ -132,7 +136,7 @@ class DeviceWorker:
         value = build()
         with self._cache_lock:
             self._cache.setdefault(key, value)
-            self.counters["model_loads" if kind == "model" else "data_builds"] += 1
+            self.counters[{"model": "model_loads", "onnx": "onnx_exports", "data": "data_builds"}[kind]] += 1
             return self._cache[key]
 
     def _emit(self, job: _Job, event: dict, state: str | None = None):
@@ -215,6 +219,10 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
 
     loaded = worker.cached(("model", spec.model, str(device)),
                            lambda: load_model(spec.model, device=str(device), trust_remote_code=spec.trust_remote_code, log=log))
+    model = loaded.model
+    if spec.model_format == "onnx":
+        model = worker.cached(("onnx", loaded.content_key, spec.onnx_opset),
+                              lambda: _export(worker, loaded, spec.onnx_opset, log))
     task_entry = TASKS.get(spec.task)
     task_cfg = task_entry.config_cls(**spec.task_kwargs)
     final: dict = {}
@@ -224,18 +232,31 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
         final.update(metrics)
         worker._emit(job, {"type": "metrics", "metrics": metrics, "artifacts": artifacts or {}})
 
-    ctx = JobContext(device=device, tokenizer=loaded.tokenizer, seed=spec.seed, report=report,
-                     check_cancelled=check_cancelled, cached=worker.cached, log=log)
-    ctx.evaluate = lambda m: task_entry.fn(m, task_cfg, ctx)
-    check_cancelled()
-    if spec.recipe is None:
-        report(ctx.evaluate(loaded.model))
-        return {"metrics": final, "info": {"model_key": loaded.content_key}}
-    ctx.train_text = worker.cached(("training-text",), load_training_text)
-    recipe_entry = RECIPES.get(spec.recipe)
-    torch.manual_seed(spec.seed)
-    # Recipes never modify the model they are given (the worker's cached base model).
-    q = recipe_entry.fn(loaded.model, recipe_entry.config_cls(**spec.recipe_kwargs), ctx)
-    if not q.reported:
-        report(ctx.evaluate(q.model), q.artifacts)
-    return {"metrics": final, "info": {"model_key": loaded.content_key, **q.info}}
+    with tempfile.TemporaryDirectory(prefix=f"job-{job.job_id}-", dir=worker._scratch.name) as workdir:
+        ctx = JobContext(device=device, tokenizer=loaded.tokenizer, seed=spec.seed, report=report,
+                         check_cancelled=check_cancelled, cached=worker.cached, log=log, kind=worker.kind,
+                         workdir=workdir)
+        ctx.evaluate = lambda m: task_entry.fn(m, task_cfg, ctx)
+        check_cancelled()
+        if spec.recipe is None:
+            report(ctx.evaluate(model))
+            return {"metrics": final, "info": {"model_key": loaded.content_key}}
+        ctx.train_text = worker.cached(("training-text",), load_training_text)
+        recipe_entry = RECIPES.get(spec.recipe)
+        torch.manual_seed(spec.seed)
+        # Recipes never modify the model they are given (the worker's cached base model or graph).
+        q = recipe_entry.fn(model, recipe_entry.config_cls(**spec.recipe_kwargs), ctx)
+        if not q.reported:
+            report(ctx.evaluate(q.model), q.artifacts)
+        return {"metrics": final, "info": {"model_key": loaded.content_key, **q.info}}
+
+
+def _export(worker: DeviceWorker, loaded, opset: int, log):
+    """Returns the worker's ONNX export of `loaded` (into its scratch folder), checked
+    against the torch model."""
+    from pathlib import Path
+
+    from ..models.onnx_export import export_causal_lm
+
+    out = Path(worker._scratch.name) / f"export-{loaded.content_key[:16]}-opset{opset}"
+    return export_causal_lm(loaded.model, out, opset=opset, source_key=loaded.content_key, log=log)

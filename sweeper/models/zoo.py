@@ -31,7 +31,7 @@ from ..errors import ConfigError
 # Bump when the training or evaluation code changes what a build produces.
 BUILD_VERSION = 1
 
-FAMILIES = ("gpt2",)  # an OPT family would need only a config/model class pair in _make_model
+FAMILIES = ("gpt2", "opt")
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,23 @@ register(ZooSpec(
 ))
 
 
+register(ZooSpec(
+    name="opt-ref",
+    family="opt",
+    config=tuple(sorted(dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
+                             word_embed_proj_dim=128, dropout=0.0, attention_dropout=0.0,
+                             activation_dropout=0.0).items())),
+    vocab_size=4096,
+    seq_len=128,
+    batch_size=16,
+    steps=400,  # same budget as gpt2-ref: ~2 min on 2 cores
+    lr=3e-3,
+    eval_batch_size=64,
+    description="OPT architecture (OPTForCausalLM), 2 layers, 128 wide, 4 heads, ReLU FFN 512, 128 positions, "
+                "own 4096-token byte-level BPE",
+))
+
+
 def zoo_names() -> list[str]:
     """Returns the names of the registered zoo models, sorted."""
     return sorted(_ZOO)
@@ -174,6 +191,12 @@ def _make_model(spec: ZooSpec, tok):
 
     torch.manual_seed(spec.seed)
     kw = spec.config_kwargs
+    if spec.family == "opt":
+        from transformers import OPTConfig, OPTForCausalLM
+
+        cfg = OPTConfig(vocab_size=len(tok), max_position_embeddings=spec.seq_len, bos_token_id=tok.eos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
+        return OPTForCausalLM(cfg)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=len(tok), n_positions=spec.seq_len, bos_token_id=tok.eos_token_id,

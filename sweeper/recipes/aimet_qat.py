@@ -32,7 +32,6 @@ covered only where their outputs enter a quantized module).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -178,24 +177,9 @@ def _replace_tanh_gelu(model) -> int:
 
 def _token_blocks(ctx, seq_len: int):
     """Returns a LongTensor (n_blocks, seq_len) of non-overlapping blocks of ctx.train_text."""
-    import torch
+    from .calibration import token_blocks
 
-    text = ctx.train_text
-    if text is None:
-        raise ValueError(f"{WHERE}: the job has no training text (ctx.train_text is None)")
-    sha = getattr(text, "sha256", None) or hashlib.sha256(text.text.encode("utf-8")).hexdigest()
-    tok = ctx.tokenizer
-    key = ("aimet_qat-blocks", getattr(tok, "name_or_path", id(tok)), len(tok), sha, seq_len)
-
-    def build():
-        ids = tok(text.text, return_attention_mask=False, verbose=False)["input_ids"]
-        n = len(ids) // seq_len
-        return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
-
-    blocks = ctx.cached(key, build)
-    if len(blocks) == 0:
-        raise ValueError(f"{WHERE}: training text has fewer than seq_len={seq_len} tokens")
-    return blocks
+    return token_blocks(ctx, seq_len, WHERE)
 
 
 def _activation_quantizers(sim_model):

@@ -1,0 +1,143 @@
+"""ONNX export, ONNX perplexity and the onnx_ptq recipes on a small trained OPT model and
+real WikiText-2 (calibration on the validation split, evaluation on the test split)."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sweeper.errors import ConfigError
+from sweeper.jobs import JobContext
+from sweeper.models.onnx_export import OnnxModel, export_causal_lm
+from sweeper.recipes.onnx_ptq import OnnxPTQConfig, quantize_onnx
+from sweeper.tasks.onnx_perplexity import onnx_wikitext2_perplexity
+from sweeper.tasks.perplexity import WikiText2PPL, wikitext2_perplexity
+
+EVAL = WikiText2PPL(split="test", max_tokens=16_384, context_length=128, stride=128, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def opt_small(opt_small_dir):
+    """(model, tokenizer) of the small trained OPT reference model."""
+    from sweeper.models.loading import load_model
+
+    loaded = load_model(str(opt_small_dir))
+    return loaded.model.eval(), loaded.tokenizer
+
+
+@pytest.fixture(scope="module")
+def ctx(opt_small, tmp_path_factory):
+    from sweeper.data import load_wikitext
+
+    cache = {}
+    return JobContext(device=torch.device("cpu"), tokenizer=opt_small[1], train_text=load_wikitext("wikitext-2-v1", "validation"),
+                      cached=lambda k, b: cache[k] if k in cache else cache.setdefault(k, b()),
+                      workdir=tmp_path_factory.mktemp("work"), log=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def exported(opt_small, tmp_path_factory) -> OnnxModel:
+    return export_causal_lm(opt_small[0], tmp_path_factory.mktemp("export") / "fp32", log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def fp32_ppl(exported, ctx) -> float:
+    return onnx_wikitext2_perplexity(exported, EVAL, ctx)["wikitext2_ppl"]
+
+
+@pytest.mark.parametrize("kw,word", [
+    ({"algorithm": "fp32", "bits": 4}, "algorithm=fp32 bits=4"),
+    ({"algorithm": "int8_qdq", "bits": 4}, "int8_qdq bits=4"),
+    ({"algorithm": "int8_qdq", "block_size": 32}, "block_size unset"),
+    ({"algorithm": "hqq", "bits": 8, "block_size": 32}, "hqq bits=8"),
+    ({"algorithm": "gptq", "bits": 8, "block_size": 64}, "block_size unset"),
+    ({"algorithm": "gptq", "bits": 4, "block_size": 64, "weight_format": "qdq"}, "only 4-bit GPTQ"),
+    ({"algorithm": "rtn", "bits": 4}, "a block_size"),
+    ({"algorithm": "rtn", "bits": 4, "block_size": 48}, "block_size=48"),
+    ({"algorithm": "rtn", "bits": 3, "block_size": 32}, "bits=3"),
+    ({"algorithm": "hqq", "bits": 4, "block_size": 32, "symmetric": True}, "HQQ is asymmetric"),
+    ({"algorithm": "awq"}, "algorithm='awq'"),
+])
+def test_unsupported_combination_is_refused(kw, word):
+    with pytest.raises(ConfigError) as err:
+        OnnxPTQConfig(**kw)
+    assert word in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_export_matches_torch_at_other_shapes(family, tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+    else:
+        model = OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                                         max_position_embeddings=64, word_embed_proj_dim=32)).eval()
+    onnx_model = export_causal_lm(model, tmp_path / "m", log=lambda m: None)
+    assert onnx_model.info["export_max_abs_logit_diff"] < 1e-4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_model.path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 1), (3, 37), (2, 64)]:  # dynamic batch and sequence, none of them the traced one
+        ids = torch.randint(0, 300, shape)
+        got = session.run(["logits"], {"input_ids": ids.numpy()})[0]
+        with torch.no_grad():
+            want = model(input_ids=ids).logits.numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+
+
+def test_onnx_and_torch_perplexity_agree(opt_small, exported, ctx, fp32_ppl):
+    torch_ppl = wikitext2_perplexity(opt_small[0], EVAL, ctx)["wikitext2_ppl"]
+    assert abs(fp32_ppl - torch_ppl) / torch_ppl < 1e-3
+    assert 10 < fp32_ppl < 2000  # a trained model, far from uniform over 4096 tokens
+
+
+def _weight_matmuls(model: OnnxModel) -> int:
+    g = onnx.load(str(model.path)).graph
+    inits = {i.name for i in g.initializer}
+    return sum(1 for n in g.node if n.op_type == "MatMul" and n.input[1] in inits)
+
+
+@pytest.mark.parametrize("kw", [
+    {"algorithm": "int8_qdq", "bits": 8},
+    {"algorithm": "gptq", "bits": 8},
+    {"algorithm": "rtn", "bits": 4, "block_size": 32},
+    {"algorithm": "rtn", "bits": 8, "block_size": 128},
+    {"algorithm": "gptq", "bits": 4, "block_size": 32, "act_order": True},
+    {"algorithm": "hqq", "bits": 4, "block_size": 64},
+])
+def test_recipe_writes_the_nodes_it_claims(kw, exported, ctx, fp32_ppl):
+    config = OnnxPTQConfig(calibration_samples=8, **kw)
+    q = quantize_onnx(exported, config, ctx)
+    graph = onnx.load(str(q.model.path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    n_weights = _weight_matmuls(exported)
+    if config.resolved_format == "matmulnbits":
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) == n_weights and _weight_matmuls(q.model) == 0
+        for n in nbits:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            assert attrs["bits"] == config.resolved_bits and attrs["block_size"] == config.block_size
+            assert inits[n.input[1]].data_type == onnx.TensorProto.UINT8  # packed weights
+    else:
+        dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+        int8_weights = [n for n in dq if inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+        assert len(int8_weights) >= n_weights  # every weight MatMul reads an INT8 weight
+        assert all(len(inits[n.input[1]].dims) == 1 for n in int8_weights)  # per-channel scales
+        q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert q_nodes  # activations are quantized too
+    assert q.model.size_mb() < exported.size_mb()
+    ppl = onnx_wikitext2_perplexity(q.model, EVAL, ctx)["wikitext2_ppl"]
+    limit = {8: 0.05, 4: 0.5}[config.resolved_bits]
+    assert np.isfinite(ppl) and abs(ppl - fp32_ppl) / fp32_ppl < limit
+
+
+def test_input_graph_is_left_alone(exported, ctx):
+    before = exported.path.read_bytes()
+    quantize_onnx(exported, OnnxPTQConfig("rtn", 4, 32), ctx)
+    assert exported.path.read_bytes() == before
+
+
+def test_calibration_longer_than_the_model_is_refused(exported, ctx):
+    with pytest.raises(ConfigError, match="calibration_seq_len"):
+        quantize_onnx(exported, OnnxPTQConfig("int8_qdq", calibration_seq_len=4096), ctx)

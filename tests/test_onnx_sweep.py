@@ -1,0 +1,66 @@
+"""The ONNX PTQ sweep on local Ray: fixed trials, two workers each exporting the graph once,
+sizes and the quality-vs-size front in the summary, table and plot, W&B leaderboard run."""
+import json
+import math
+
+import pytest
+from ray import tune
+
+from sweeper.experiment import Experiment
+from sweeper.sweep import run_experiment
+from sweeper.tasks import WikiText2PPL
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    from sweeper.sweep import init_ray
+
+    init_ray("sweeper-tests-onnx")
+    yield
+    ray.shutdown()
+
+
+def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
+    rows = [{"algorithm": "fp32", "bits": None, "block_size": None},
+            {"algorithm": "int8_qdq", "bits": 8, "block_size": None}]
+    exp = Experiment(
+        name="onnx_engine", model=str(opt_small_dir), recipe="onnx_ptq",
+        task=WikiText2PPL(max_tokens=4096, context_length=128, stride=128),
+        search_space={"algorithm": tune.grid_search(["rtn", "gptq"]), "bits": 4, "block_size": 32},
+        fixed={"calibration_samples": 4}, trials=rows, device="cpu", workers=2, num_samples=1,
+        scheduler="fifo", seed=0, wandb_project="sweeper-tests",
+    )
+    res = run_experiment(exp, results_dir=tmp_path, verbose=0)
+    s = res.summary
+    assert len(s["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in s["trials"])
+    configs = sorted((t["config"]["algorithm"], t["config"]["bits"]) for t in s["trials"])
+    assert configs == [("fp32", None), ("gptq", 4), ("int8_qdq", 8), ("rtn", 4)]
+    for t in s["trials"]:
+        assert {"algorithm", "bits", "block_size"} <= set(t["config"])
+        assert math.isfinite(t["metrics"]["wikitext2_ppl"]) and t["metrics"]["model_size_mb"] > 0
+    # one export per worker that ran a job, though 5 jobs (baseline + 4 trials) ran
+    workers = s["workers"]
+    assert sum(c["jobs_started"] for c in workers.values()) == 5
+    for c in workers.values():
+        assert c["onnx_exports"] == (1 if c["jobs_started"] else 0)
+        assert c["onnx_exports"] + c["onnx_cache_hits"] == c["jobs_started"]
+    # the fp32 trial is the baseline graph, evaluated the same way
+    fp32 = next(t for t in s["trials"] if t["config"]["algorithm"] == "fp32")
+    assert fp32["metrics"]["wikitext2_ppl"] == pytest.approx(s["baseline"]["wikitext2_ppl"], rel=1e-9)
+    assert fp32["metrics"]["model_size_mb"] == pytest.approx(s["baseline"]["model_size_mb"])
+    # quantized graphs are smaller; the front holds the smallest and the best
+    sizes = {t["trial_id"]: t["metrics"]["model_size_mb"] for t in s["trials"]}
+    assert all(sizes[t["trial_id"]] < fp32["metrics"]["model_size_mb"] for t in s["trials"] if t is not fp32)
+    assert min(sizes, key=sizes.get) in s["pareto_size"]
+    assert s["trials"][0]["trial_id"] in s["pareto_size"]  # the best perplexity
+    run_dir = res.results_dir
+    assert "front" in (run_dir / "summary.txt").read_text()
+    assert (run_dir / "summary_pareto.png").stat().st_size > 0
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["pareto_size"] == s["pareto_size"]
+    from sweeper.wandb_offline import read_offline_run
+
+    boards = [read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
+    assert boards, "the sweep-level leaderboard run was not written"
