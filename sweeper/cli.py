@@ -27,7 +27,8 @@ def load_experiment_file(path: str | Path):
 
 
 def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int | None = None,
-                     model: str | None = None, device: str | None = None, workers: int | None = None):
+                     model: str | None = None, device: str | None = None, workers: int | None = None,
+                     kinds_file: str | None = None):
     """Returns the validated Experiment of an experiment file with the CLI's overrides applied."""
     from .experiment import Experiment
 
@@ -39,7 +40,9 @@ def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int 
     if model is not None:
         exp.model = model
     if device is not None:
-        exp.device = device
+        exp.device = device.split(",") if "," in device else device
+    if kinds_file is not None:
+        exp.kinds_file = kinds_file
     if workers is not None:
         exp.workers = workers
     return exp.validate()
@@ -51,7 +54,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--summary", help="write the summary JSON here (default: RESULTS_DIR/NAME/summary.json)")
     p.add_argument("--results-dir", default="results", help="where Tune writes trial folders (default ./results)")
     p.add_argument("--model", help="Hugging Face id, local path or reference model name (overrides the file)")
-    p.add_argument("--device", help="device kind of the workers, e.g. cpu or cuda (overrides the file)")
+    p.add_argument("--device", help="device kind(s) of the workers: cpu, cuda, gcu, a comma list, or 'all' (overrides the file)")
+    p.add_argument("--kinds", help="a YAML/JSON file of extra device kinds (another vendor's EP, TensorRT, ...)")
     p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in RESULTS_DIR/NAME")
 
@@ -66,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("results_dir", help="the experiment's results folder (RESULTS_DIR/NAME)")
     res.add_argument("experiment_file")
     res.add_argument("--summary")
-    dev = sub.add_parser("devices", help="list device kinds and what the Ray cluster holds")
+    dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
+    dev.add_argument("--kinds", help="a YAML/JSON file of extra device kinds to list too")
     dev.add_argument("--json", action="store_true")
     zoo = sub.add_parser("zoo", help="reference models the library trains itself")
     zsub = zoo.add_subparsers(dest="zoo_cmd", required=True)
@@ -94,7 +99,7 @@ def _cmd_run(args) -> int:
 
     _check_run_flags(args)
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
-                           model=args.model, device=args.device, workers=args.workers)
+                           model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds)
     result = run_experiment(exp, results_dir=args.results_dir, summary_path=args.summary, resume=args.resume)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
 
@@ -112,24 +117,30 @@ def _cmd_resume(args) -> int:
 
 
 def _cmd_devices(args) -> int:
-    import ray
-
-    from .devices.kinds import KINDS, capacity
+    from .devices.discovery import discover
+    from .devices.kinds import KINDS, load_kinds_file, register_kind
     from .sweep import init_ray
 
+    for kind in load_kinds_file(args.kinds) if args.kinds else []:
+        register_kind(kind)
     init_ray("sweeper-devices")
-    total = ray.cluster_resources()
-    nodes = [{"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"), "resources": n["Resources"]}
-             for n in ray.nodes() if n.get("Alive")]
-    kinds = {name: {"resources_per_worker": k.resources, "workers_possible": capacity(k, total)} for name, k in KINDS.items()}
+    nodes = discover()
+    kinds = {name: {"resources_per_worker": k.resources, "provider": k.provider,
+                    "workers_possible": sum(n["kinds"].get(name, 0) for n in nodes),
+                    "workers_usable_onnx": sum(n["kinds_usable"].get(name, 0) for n in nodes)}
+             for name, k in KINDS.items()}
     if args.json:
         print(json.dumps({"nodes": nodes, "kinds": kinds}, indent=2))
-    else:
-        for n in nodes:
-            res = {k: v for k, v in n["resources"].items() if not k.startswith(("node:", "object_store", "memory"))}
-            print(f"node {n['address']} {res}")
-        for name, k in kinds.items():
-            print(f"kind {name:6s} workers possible: {k['workers_possible']}  (each holds {k['resources_per_worker']})")
+        return 0
+    for n in nodes:
+        print(f"node {n['host']} ({n['address']}, {n['node_id'][:12]}): resources {n['resources']}")
+        print(f"  onnxruntime {n['onnxruntime']}: {', '.join(n['providers']) or 'no providers'}")
+        for name, count in n["kinds"].items():
+            missing = "" if name in n["kinds_usable"] else f"  [{KINDS[name].provider} missing: torch jobs only]"
+            print(f"  kind {name:8s} x{count}{missing}")
+    for name, k in kinds.items():
+        print(f"kind {name:8s} workers possible: {k['workers_possible']} (ONNX-usable {k['workers_usable_onnx']}); "
+              f"each holds {k['resources_per_worker']}, runs on {k['provider']}")
     return 0
 
 

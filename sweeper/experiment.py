@@ -30,7 +30,12 @@ class Experiment:
     search_space: dict = field(default_factory=dict)
     fixed: dict = field(default_factory=dict)
     trials: list = field(default_factory=list)  # fixed trials (Tune's points_to_evaluate)
-    device: str = "cpu"
+    # A kind name, a list of kinds, or "all" (every kind the cluster can host; for ONNX
+    # recipes, with its execution provider present). Several kinds: each trial names its
+    # kind in config["device"], searched like any other key (a grid over them by default).
+    device: str | list = "cpu"
+    kinds: list = field(default_factory=list)  # extra DeviceKinds (or dicts) for this sweep
+    kinds_file: str | None = None  # a YAML/JSON file of extra device kinds
     workers: int | None = None  # None: as many as the cluster holds for the kind
     num_samples: int = 4
     scheduler: str = "asha"
@@ -43,6 +48,23 @@ class Experiment:
     metric: str | None = None  # default: the task's metric
     mode: str | None = None  # default: the task's mode
     onnx_opset: int = 18  # for recipes that work on an ONNX export of the model
+
+    @property
+    def device_names(self) -> list[str]:
+        """Returns the kinds asked for: ["all"] or the listed kind names."""
+        return [self.device] if isinstance(self.device, str) else list(self.device)
+
+    def extra_kinds(self) -> dict:
+        """Returns {name: DeviceKind} of the kinds this experiment brings (file and list)."""
+        from .devices.kinds import DeviceKind, kind_from_dict, load_kinds_file
+
+        out = {}
+        for k in load_kinds_file(self.kinds_file) if self.kinds_file else []:
+            out[k.name] = k
+        for i, k in enumerate(self.kinds):
+            k = k if isinstance(k, DeviceKind) else kind_from_dict(k, f"experiment kinds[{i}]")
+            out[k.name] = k
+        return out
 
     @property
     def model_format(self) -> str:
@@ -59,7 +81,6 @@ class Experiment:
 
     def validate(self) -> "Experiment":
         """Checks every field; returns self or raises ConfigError (one line)."""
-        from .devices.kinds import get_kind
         from .registry import RECIPES, TASKS, ensure_builtin_registered, import_plugin
 
         ensure_builtin_registered()
@@ -79,11 +100,13 @@ class Experiment:
         check_model_available(self.model)
         entry = RECIPES.get(self.recipe)
         TASKS.for_config(self.task)
-        get_kind(self.device)
+        validate_devices(self)
         if self.workers is not None:
             check_int(w, "workers", self.workers, 1, 4096)
         check_int(w, "num_samples", self.num_samples, 0 if self.trials else 1, 100_000)
-        check_int(w, "onnx_opset", self.onnx_opset, 13, 30)
+        # torch's exporter writes opset 18; converting GPT-2/OPT graphs down fails or yields an
+        # invalid Split (onnx 1.23), so lower opsets are refused here rather than at export.
+        check_int(w, "onnx_opset", self.onnx_opset, 18, 30)
         check_choice(w, "scheduler", self.scheduler, SCHEDULERS)
         check_int(w, "grace_period", self.grace_period, 1, 10_000)
         check_int(w, "max_failures", self.max_failures, 0, 100)
@@ -93,12 +116,35 @@ class Experiment:
         check_choice(w, "mode", mode, ("min", "max"))
         if metric != self.task.metric:
             raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
-        validate_space(entry.config_cls, self.search_space, self.fixed)
-        validate_trials(entry.config_cls, self.trials, self.fixed)
+        space = {k: v for k, v in self.search_space.items() if k != "device"}
+        validate_space(entry.config_cls, space, self.fixed)
+        validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k != "device"} if isinstance(t, dict) else t
+                                           for t in self.trials], self.fixed)
         check_data = getattr(self.task, "check_data", None)
         if check_data:
             check_data()
         return self
+
+
+def validate_devices(self: Experiment) -> None:
+    """Registers the experiment's own kinds and checks the device names and any searched
+    "device" values against the known kinds; raises ConfigError (one line)."""
+    from .devices.kinds import KINDS, get_kind, register_kind
+
+    for kind in self.extra_kinds().values():
+        register_kind(kind)
+    names = self.device_names
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError("experiment", "device", self.device, "a kind name, a list of kind names or 'all'")
+    if names != ["all"]:
+        for n in names:
+            get_kind(n)
+    allowed = sorted(KINDS) if names == ["all"] else names
+    searched = list(_domain_values("device", self.search_space["device"])) if "device" in self.search_space else []
+    searched += [t["device"] for t in self.trials if isinstance(t, dict) and "device" in t]
+    for n in searched:
+        if n not in allowed:
+            raise ConfigError("search_space", "device", n, f"one of the experiment's kinds: {', '.join(allowed)}")
 
 
 def _domain_values(name: str, domain) -> list:

@@ -73,9 +73,11 @@ def trial_main(config: dict, plan: dict) -> None:
     known = ray.get(pool.known_failure.remote(trial_id))
     if known:  # deterministic failure seen on an earlier attempt: don't burn the device again
         raise RuntimeError(known)
-    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **config}, trial_id=trial_id)
+    kind = config.get("device", plan["device"])
+    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **{k: v for k, v in config.items() if k != "device"}},
+                    trial_id=trial_id)
     t0 = time.time()
-    worker, worker_id, job_id = ray.get(pool.submit.remote(plan["device"], spec))
+    worker, worker_id, job_id = ray.get(pool.submit.remote(kind, spec))
     overhead_s = time.time() - t0
     metric = plan["metric"]
     ended = False
@@ -151,6 +153,49 @@ def init_ray(namespace: str) -> None:
                  log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
+def resolve_kinds(exp: Experiment) -> dict:
+    """Returns {name: DeviceKind} of the kinds the sweep runs on, in order. "all" means every
+    kind some node can host (for ONNX recipes: with its execution provider there). Raises
+    RuntimeError (one line) when a kind asked for by name has no node offering it."""
+    import ray
+
+    from .devices.discovery import discover, usable_kinds
+    from .devices.kinds import KINDS, capacity, get_kind
+
+    cluster = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+    if exp.device_names == ["all"]:
+        nodes = discover()
+        names = usable_kinds(nodes) if exp.model_format == "onnx" else [
+            n for n in KINDS if any(n in node["kinds"] for node in nodes)]
+        if not names:
+            raise RuntimeError(f"device 'all': no node of the cluster can host any device kind; it has {cluster}")
+        return {n: KINDS[n] for n in names}
+    kinds = {n: get_kind(n) for n in exp.device_names}
+    for name, kind in kinds.items():
+        if capacity(kind, cluster) < 1:
+            raise RuntimeError(f"device kind '{name}' needs {kind.resources} per worker and no node of the cluster "
+                               f"offers that; the cluster has {cluster}")
+    return kinds
+
+
+def workers_for(exp: Experiment, kind, trial_res: dict) -> int:
+    """Returns how many workers of `kind` to start: exp.workers (per kind) or all the cluster
+    holds, leaving trials one CPU when they have no resource of their own."""
+    import ray
+
+    from .devices.kinds import capacity
+
+    cluster = ray.cluster_resources()
+    room = capacity(kind, cluster)
+    if "cpu" in trial_res and kind.resources.get("CPU", 0) > 0:
+        # Trials hold a sliver of CPU here: leave them one core, or they could never start.
+        room = capacity(kind, {**cluster, "CPU": cluster.get("CPU", 0) - 1})
+        if room < 1:
+            raise RuntimeError(f"the cluster's CPUs are all taken by '{kind.name}' workers and trials need some; "
+                               f"offer the '{TRIAL_RESOURCE}' resource on the head node (see cluster.yaml)")
+    return min(exp.workers or room, room)
+
+
 def trial_resources(cluster: dict) -> dict:
     """Returns the Ray resources one trial actor holds: one TRIAL_RESOURCE unit where the
     cluster offers it, else a hundredth of a CPU (then CPU workers leave a core's room)."""
@@ -191,7 +236,6 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from .config import to_dict
-    from .devices.kinds import capacity, get_kind
     from .devices.pool import start_pool
 
     storage = Path(results_dir or Path("results")).expanduser().resolve()
@@ -199,27 +243,19 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     namespace = f"sweeper-{exp.name}-{uuid.uuid4().hex[:8]}"
     metric, mode = exp.objective
     init_ray(namespace)
-    kind = get_kind(exp.device)
-    room = capacity(kind, ray.cluster_resources())
-    if room < 1:
-        raise RuntimeError(f"device kind '{exp.device}' needs {kind.resources} per worker; the cluster has "
-                           f"{ {k: v for k, v in ray.cluster_resources().items() if not k.startswith('node:')} }")
+    kinds = resolve_kinds(exp)
     trial_res = trial_resources(ray.cluster_resources())
-    if "cpu" in trial_res and kind.resources.get("CPU", 0) > 0:
-        # Trials hold a sliver of CPU here: leave them one core, or they could never start.
-        room = capacity(kind, {**ray.cluster_resources(), "CPU": ray.cluster_resources().get("CPU", 0) - 1})
-        if room < 1:
-            raise RuntimeError(f"the cluster's CPUs are all taken by '{exp.device}' workers and trials need some; "
-                               f"offer the '{TRIAL_RESOURCE}' resource on the head node (see cluster.yaml)")
-    n_workers = min(exp.workers or room, room)
-    print(f"[sweeper] {exp.name}: {n_workers} '{exp.device}' worker(s), model {exp.model}, recipe {exp.recipe}, "
-          f"task {type(exp.task).registered_name}, {exp.num_samples} sample(s), objective {metric} {mode}", flush=True)
-    pool = start_pool({exp.device: n_workers}, namespace, kinds={exp.device: kind})
+    workers = {name: workers_for(exp, kind, trial_res) for name, kind in kinds.items()}
+    names = list(kinds)
+    print(f"[sweeper] {exp.name}: workers {', '.join(f'{n} x{c}' for n, c in workers.items())}, model {exp.model}, "
+          f"recipe {exp.recipe}, task {type(exp.task).registered_name}, {exp.num_samples} sample(s) + "
+          f"{len(exp.trials)} fixed trial(s), objective {metric} {mode}", flush=True)
+    pool = start_pool(workers, namespace, kinds=kinds, needs_provider=exp.model_format == "onnx")
 
     task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
     plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
-            "device": exp.device, "metric": metric, "trust_remote_code": exp.trust_remote_code,
+            "device": names[0], "metric": metric, "trust_remote_code": exp.trust_remote_code,
             "model_format": exp.model_format, "onnx_opset": exp.onnx_opset,
             # absolute paths: workers may not share the driver's working directory
             "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
@@ -227,7 +263,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     run_dir.mkdir(parents=True, exist_ok=True)
     # What Tune's own files do not say: lets `sweeper leaderboard` read a bare results folder.
     (run_dir / "experiment.json").write_text(json.dumps(
-        {"experiment": exp.name, "model": exp.model, "recipe": exp.recipe, "device": exp.device, "metric": metric,
+        {"experiment": exp.name, "model": exp.model, "recipe": exp.recipe, "device": names if len(names) > 1 else names[0],
+         "metric": metric,
          "mode": mode, "task": to_dict(exp.task), "model_format": exp.model_format}, indent=2, default=str))
     baseline_file = run_dir / "baseline.json"
     if resume and baseline_file.is_file():
@@ -241,6 +278,9 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
 
     trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_res)
+    param_space = dict(exp.search_space)
+    if len(names) > 1 and "device" not in param_space and not any("device" in t for t in exp.trials):
+        param_space["device"] = tune.grid_search(names)  # several kinds: compare them
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
                                   max_t=_max_reports(exp), reduction_factor=2)
@@ -259,13 +299,13 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=False)
     else:
         tuner = tune.Tuner(
-            trainable, param_space=dict(exp.search_space),
+            trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, scheduler=scheduler,
                 # each fixed trial takes the place of one sample of the space
                 num_samples=exp.num_samples + len(exp.trials),
                 # Tune ignores max_concurrent_trials for a given BasicVariantGenerator
-                search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=n_workers,
+                search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=sum(workers.values()),
                                                  points_to_evaluate=[dict(t) for t in exp.trials] or None)),
             run_config=run_config)
     grid = tuner.fit()
@@ -277,11 +317,12 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir)
     summary["pareto_size"] = size_front(summary)
+    summary["reports"] = device_reports(summary)
     table = summary_table(summary)
     print("\n" + table, flush=True)
     if best:
-        print(f"[sweeper] best trial {best['trial_id']}: {metric}={best['metrics'].get(metric)}; "
-              f"encodings in {summary.get('best_encodings', '-')}", flush=True)
+        kept = "; encodings in " + summary["best_encodings"] if summary.get("best_encodings") else ""
+        print(f"[sweeper] best trial {best['trial_id']}: {metric}={best['metrics'].get(metric)}{kept}", flush=True)
     out = Path(summary_path) if summary_path else run_dir / "summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=str))
@@ -357,6 +398,8 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
         "baseline": {k: v for k, v in baseline.items() if k != "eval_settings"},
         "eval_settings": base_settings,
         "model": exp.model, "recipe": exp.recipe, "device": exp.device,
+        "devices": {wid: {"kind": s.get("kind"), "node_id": s.get("node_id"), "device": s.get("device")}
+                    for wid, s in stats.items()},
         "trials": trials,
         "failed": [{"trial_id": t["trial_id"], "error": t.get("error", "")} for t in trials if t["status"] == "ERROR"],
         "workers": {wid: s.get("counters", s) for wid, s in stats.items()},
@@ -399,6 +442,30 @@ def _export_best(summary: dict, grid, run_dir: Path) -> dict | None:
                 shutil.copyfile(f, dst)
                 summary["best_" + f.stem] = str(dst)
     return best
+
+
+def device_reports(summary: dict) -> list[dict]:
+    """Returns one report per finished trial that measured latency, in the seed's shape:
+    {"model", "dataset", "device", "precision", "perplexity", "latency_ms", "tokens_per_s",
+    ...} with the device's name and the evaluation settings; [] when no trial did."""
+    settings = summary.get("eval_settings", {})
+    devices = summary.get("devices", {})
+    out = []
+    for t in summary["trials"]:
+        m = t["metrics"]
+        if t["status"] != "TERMINATED" or "latency_ms" not in m:
+            continue
+        wid = m.get("worker_id", "")
+        out.append({"model": summary["model"], "dataset": f"{settings.get('dataset')}/{settings.get('split')}",
+                    "device": t["config"].get("device") or devices.get(wid, {}).get("kind"),
+                    "device_name": devices.get(wid, {}).get("device"),
+                    "precision": t["config"].get("precision", "fp32"),
+                    "perplexity": m.get(summary["metric"]) if summary["metric"] == "wikitext2_ppl" else None,
+                    "latency_ms": m.get("latency_ms"), "tokens_per_s": m.get("tokens_per_s"),
+                    "batch_size": settings.get("batch_size"),
+                    "context_length": settings.get("context_length"), "stride": settings.get("stride"),
+                    "max_tokens": settings.get("max_tokens"), "trial_id": t["trial_id"]})
+    return out
 
 
 def size_front(summary: dict) -> list[str]:

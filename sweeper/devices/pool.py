@@ -17,7 +17,7 @@ class DevicePool:
     """Async Ray actor class (wrapped with ray.remote by `start_pool`)."""
 
     def __init__(self, workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0,
-                 kinds: dict | None = None):
+                 kinds: dict | None = None, needs_provider: bool = False):
         import ray
 
         from .kinds import get_kind
@@ -43,7 +43,7 @@ class DevicePool:
                 handle = remote_worker.options(
                     name=f"sweeper-worker-{wid}", namespace=namespace, max_concurrency=16,
                     max_restarts=-1, **kind.actor_options(),
-                ).remote(wid, kind, POOL_ACTOR_NAME, namespace, heartbeat_timeout_s)
+                ).remote(wid, kind, POOL_ACTOR_NAME, namespace, heartbeat_timeout_s, needs_provider)
                 self._handles[wid] = handle
                 self._kind_of[wid] = kind_name
                 self._free[kind_name].put_nowait(wid)
@@ -124,12 +124,28 @@ class DevicePool:
 
 
 def start_pool(workers_per_kind: dict[str, int], namespace: str, heartbeat_timeout_s: float = 30.0,
-               kinds: dict | None = None):
+               kinds: dict | None = None, needs_provider: bool = False):
     """Starts the named pool actor and its workers (`kinds`: name -> DeviceKind for kinds not
-    built in); returns the pool handle once all workers are up."""
+    built in; `needs_provider`: workers refuse to start without their kind's onnxruntime
+    execution provider); returns the pool handle once all workers are up, or raises
+    RuntimeError with the first worker's one-line reason."""
     import ray
 
     pool = ray.remote(DevicePool).options(name=POOL_ACTOR_NAME, namespace=namespace, num_cpus=0,
-                                          max_concurrency=1000).remote(workers_per_kind, namespace, heartbeat_timeout_s, kinds)
-    ray.get(pool.ready.remote())
+                                          max_concurrency=1000).remote(workers_per_kind, namespace, heartbeat_timeout_s, kinds,
+                                                                        needs_provider)
+    try:
+        ray.get(pool.ready.remote())
+    except ray.exceptions.RayError as exc:
+        ray.kill(pool)
+        raise RuntimeError(_first_reason(exc)) from None
     return pool
+
+
+def _first_reason(exc: BaseException) -> str:
+    """Returns the one line a failed worker start gave (ProviderUnavailable's message)."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "ProviderUnavailable: " in line:
+            return line.split("ProviderUnavailable: ", 1)[1].strip()
+    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__

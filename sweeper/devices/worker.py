@@ -35,9 +35,13 @@ class DeviceWorker:
     """A Ray actor class (wrapped with ray.remote by the pool) that runs jobs on one device."""
 
     def __init__(self, worker_id: str, kind, pool_name: str | None = None, namespace: str | None = None,
-                 heartbeat_timeout_s: float = 30.0):
+                 heartbeat_timeout_s: float = 30.0, needs_provider: bool = False):
         import torch
 
+        if needs_provider:  # an ONNX sweep: fail at start, on this node, not mid-trial
+            from .ort_session import check_provider
+
+            check_provider(kind)
         self.worker_id, self.kind, self.kind_name = worker_id, kind, kind.name
         self.torch_device = kind.torch_device
         torch.set_num_threads(max(1, kind.threads))
