@@ -21,5 +21,10 @@ class ModelNotFoundError(SweeperError, FileNotFoundError):
     """A model name is neither a local path, a reference-model name nor a reachable hub id."""
 
 
+class DeviceUnavailable(SweeperError, RuntimeError):
+    """A device kind asked for cannot run here: no node offers it, or its onnxruntime
+    execution provider is missing (or a session fell back to another provider)."""
+
+
 class JobCancelled(SweeperError):
     """A job on a device worker was cancelled (scheduler stop or lost trial)."""

@@ -156,11 +156,12 @@ def init_ray(namespace: str) -> None:
 def resolve_kinds(exp: Experiment) -> dict:
     """Returns {name: DeviceKind} of the kinds the sweep runs on, in order. "all" means every
     kind some node can host (for ONNX recipes: with its execution provider there). Raises
-    RuntimeError (one line) when a kind asked for by name has no node offering it."""
+    DeviceUnavailable (one line) when a kind asked for by name has no node offering it."""
     import ray
 
     from .devices.discovery import discover, usable_kinds
     from .devices.kinds import KINDS, capacity, get_kind
+    from .errors import DeviceUnavailable
 
     cluster = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
     if exp.device_names == ["all"]:
@@ -168,12 +169,12 @@ def resolve_kinds(exp: Experiment) -> dict:
         names = usable_kinds(nodes) if exp.model_format == "onnx" else [
             n for n in KINDS if any(n in node["kinds"] for node in nodes)]
         if not names:
-            raise RuntimeError(f"device 'all': no node of the cluster can host any device kind; it has {cluster}")
+            raise DeviceUnavailable(f"device 'all': no node of the cluster can host any device kind; it has {cluster}")
         return {n: KINDS[n] for n in names}
     kinds = {n: get_kind(n) for n in exp.device_names}
     for name, kind in kinds.items():
         if capacity(kind, cluster) < 1:
-            raise RuntimeError(f"device kind '{name}' needs {kind.resources} per worker and no node of the cluster "
+            raise DeviceUnavailable(f"device kind '{name}' needs {kind.resources} per worker and no node of the cluster "
                                f"offers that; the cluster has {cluster}")
     return kinds
 
@@ -184,6 +185,7 @@ def workers_for(exp: Experiment, kind, trial_res: dict) -> int:
     import ray
 
     from .devices.kinds import capacity
+    from .errors import DeviceUnavailable
 
     cluster = ray.cluster_resources()
     room = capacity(kind, cluster)
@@ -191,7 +193,7 @@ def workers_for(exp: Experiment, kind, trial_res: dict) -> int:
         # Trials hold a sliver of CPU here: leave them one core, or they could never start.
         room = capacity(kind, {**cluster, "CPU": cluster.get("CPU", 0) - 1})
         if room < 1:
-            raise RuntimeError(f"the cluster's CPUs are all taken by '{kind.name}' workers and trials need some; "
+            raise DeviceUnavailable(f"the cluster's CPUs are all taken by '{kind.name}' workers and trials need some; "
                                f"offer the '{TRIAL_RESOURCE}' resource on the head node (see cluster.yaml)")
     return min(exp.workers or room, room)
 
@@ -221,7 +223,9 @@ def run_baseline(pool, plan: dict) -> dict:
         if ev["type"] == "metrics":
             metrics = ev["metrics"]
         elif ev["type"] == "error":
-            raise RuntimeError(f"baseline evaluation failed: {ev['error']}")
+            from .errors import SweeperError
+
+            raise SweeperError(f"baseline evaluation failed: {ev['error']}")
     return metrics
 
 

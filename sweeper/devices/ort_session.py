@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import socket
 
+from ..errors import DeviceUnavailable
 from .kinds import DeviceKind
 
 
-class ProviderUnavailable(RuntimeError):
+class ProviderUnavailable(DeviceUnavailable):
     """A device kind's execution provider is missing on this node, or a session fell back."""
 
 

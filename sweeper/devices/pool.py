@@ -49,8 +49,13 @@ class DevicePool:
                 self._free[kind_name].put_nowait(wid)
 
     async def ready(self) -> list[dict]:
-        """Waits until every worker has started; returns their info dicts."""
+        """Waits until every worker has started; returns their info dicts (a worker that
+        cannot serve its kind on its node says why in "start_error")."""
         return list(await asyncio.gather(*[h.info.remote() for h in self._handles.values()]))
+
+    def worker_names(self) -> list[str]:
+        """Returns the Ray actor names of the workers (for tearing a failed pool down)."""
+        return [f"sweeper-worker-{wid}" for wid in self._handles]
 
     async def submit(self, kind: str, spec) -> tuple[object, str, str]:
         """Starts `spec` on the next free worker of `kind`; returns (worker handle, worker id,
@@ -134,18 +139,13 @@ def start_pool(workers_per_kind: dict[str, int], namespace: str, heartbeat_timeo
     pool = ray.remote(DevicePool).options(name=POOL_ACTOR_NAME, namespace=namespace, num_cpus=0,
                                           max_concurrency=1000).remote(workers_per_kind, namespace, heartbeat_timeout_s, kinds,
                                                                         needs_provider)
-    try:
-        ray.get(pool.ready.remote())
-    except ray.exceptions.RayError as exc:
+    infos = ray.get(pool.ready.remote())
+    failed = [i["start_error"] for i in infos if i.get("start_error")]
+    if failed:
+        from ..errors import DeviceUnavailable
+
+        for name in ray.get(pool.worker_names.remote()):
+            ray.kill(ray.get_actor(name, namespace=namespace))
         ray.kill(pool)
-        raise RuntimeError(_first_reason(exc)) from None
+        raise DeviceUnavailable(failed[0])
     return pool
-
-
-def _first_reason(exc: BaseException) -> str:
-    """Returns the one line a failed worker start gave (ProviderUnavailable's message)."""
-    text = str(exc)
-    for line in text.splitlines():
-        if "ProviderUnavailable: " in line:
-            return line.split("ProviderUnavailable: ", 1)[1].strip()
-    return text.strip().splitlines()[-1] if text.strip() else type(exc).__name__

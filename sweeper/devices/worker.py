@@ -38,10 +38,14 @@ class DeviceWorker:
                  heartbeat_timeout_s: float = 30.0, needs_provider: bool = False):
         import torch
 
+        self._start_error = None
         if needs_provider:  # an ONNX sweep: fail at start, on this node, not mid-trial
-            from .ort_session import check_provider
+            from .ort_session import ProviderUnavailable, check_provider
 
-            check_provider(kind)
+            try:
+                check_provider(kind)
+            except ProviderUnavailable as exc:  # reported by info(); the pool refuses to start
+                self._start_error = str(exc)
         self.worker_id, self.kind, self.kind_name = worker_id, kind, kind.name
         self.torch_device = kind.torch_device
         torch.set_num_threads(max(1, kind.threads))
@@ -73,10 +77,13 @@ class DeviceWorker:
         import ray
 
         return {"worker_id": self.worker_id, "kind": self.kind_name, "device": self._device_name(),
-                "node_id": ray.get_runtime_context().get_node_id(), "counters": dict(self.counters)}
+                "node_id": ray.get_runtime_context().get_node_id(), "counters": dict(self.counters),
+                "start_error": self._start_error}
 
     def start_job(self, spec: JobSpec) -> str:
         """Starts `spec` in a thread and returns its job id. Refuses if a job is running."""
+        if self._start_error:
+            raise RuntimeError(self._start_error)
         with self._lock:
             busy = [j.job_id for j in self._jobs.values() if j.state == "RUNNING"]
             if busy:
