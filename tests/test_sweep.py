@@ -25,7 +25,9 @@ def ray_local():
 
 
 def _offline_runs(run_dir: Path) -> list[dict]:
-    return [read_offline_run(d) for d in sorted((run_dir / "wandb").rglob("offline-run-*")) if d.is_dir()]
+    """The trials' offline W&B runs (the sweep-level leaderboard run left out)."""
+    runs = [read_offline_run(d) for d in sorted((run_dir / "wandb").rglob("offline-run-*")) if d.is_dir()]
+    return [r for r in runs if not r["config"].get("sweeper_leaderboard")]
 
 
 def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir, tmp_path):

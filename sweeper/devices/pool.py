@@ -34,6 +34,9 @@ class DevicePool:
         self._failures: dict[str, str] = {}
         self._attempts: dict[str, int] = {}
         self.submit_waits: list[float] = []
+        # seconds a worker sat free while a trial was already waiting for it (dispatch latency)
+        self.idle_gaps: list[float] = []
+        self._freed_at: dict[str, float] = {}
         remote_worker = ray.remote(DeviceWorker)
         for kind_name, count in workers_per_kind.items():
             kind = kinds.get(kind_name) or get_kind(kind_name)
@@ -57,12 +60,14 @@ class DevicePool:
         """Returns the Ray actor names of the workers (for tearing a failed pool down)."""
         return [f"sweeper-worker-{wid}" for wid in self._handles]
 
-    async def submit(self, kind: str, spec) -> tuple[object, str, str]:
+    async def submit(self, kind: str, spec) -> tuple[object, str, str, float]:
         """Starts `spec` on the next free worker of `kind`; returns (worker handle, worker id,
-        job id). Waits while all workers of the kind are busy."""
+        job id, seconds spent queued for a free worker). Waits while all workers of the
+        kind are busy."""
         t0 = time.monotonic()
         while True:
             wid = await self._free[kind].get()
+            got = time.monotonic()
             if spec.trial_id and spec.trial_id in self._cancelled:
                 self._free[kind].put_nowait(wid)
                 raise RuntimeError(f"trial {spec.trial_id} was cancelled before it started")
@@ -72,11 +77,15 @@ class DevicePool:
             except Exception as exc:  # worker died between jobs: Ray restarts it and it re-registers
                 print(f"[sweeper] pool: could not start a job on {wid}: {type(exc).__name__}: {exc}", flush=True)
                 continue
-            self.submit_waits.append(time.monotonic() - t0)
+            now = time.monotonic()
+            self.submit_waits.append(now - t0)
+            freed = self._freed_at.pop(wid, None)
+            if freed is not None and t0 < freed:  # a trial was waiting when the worker freed up
+                self.idle_gaps.append(now - freed)
             if spec.trial_id:
                 self._running[spec.trial_id] = (wid, job_id)
                 self._attempts[spec.trial_id] = self._attempts.get(spec.trial_id, 0) + 1
-            return self._handles[wid], wid, job_id
+            return self._handles[wid], wid, job_id, got - t0
 
     def release(self, worker_id: str) -> None:
         """Marks a busy worker free again (called by the worker when its job ends)."""
@@ -85,6 +94,7 @@ class DevicePool:
                 del self._running[trial]
         if worker_id in self._busy:
             self._busy.discard(worker_id)
+            self._freed_at[worker_id] = time.monotonic()
             self._free[self._kind_of[worker_id]].put_nowait(worker_id)
 
     def worker_restarted(self, worker_id: str) -> None:
@@ -122,6 +132,11 @@ class DevicePool:
     def free_counts(self) -> dict[str, int]:
         """Returns the number of idle workers per kind."""
         return {k: q.qsize() for k, q in self._free.items()}
+
+    def idle_gap_times(self) -> list[float]:
+        """Returns the seconds between a worker's job ending and its next job starting, for
+        every job that was already queued when the worker freed up."""
+        return list(self.idle_gaps)
 
     def submit_wait_times(self) -> list[float]:
         """Returns the seconds each submit waited for a free worker and a started job."""
