@@ -350,6 +350,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     attempts = ray.get(pool.attempts.remote())
     summary = build_summary(exp, grid, baseline, stats, waits, attempts)
     summary["elapsed_s"] = round(time.time() - t0, 1)
+    # seconds a freed worker waited for its next, already queued, job: dispatch latency
+    summary["worker_idle_gap_s"] = ray.get(pool.idle_gap_times.remote())
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir)
     summary["pareto_size"] = size_front(summary)
