@@ -100,6 +100,8 @@ class Experiment:
         check_model_available(self.model)
         entry = RECIPES.get(self.recipe)
         TASKS.for_config(self.task)
+        if not isinstance(self.search_space, dict):
+            raise ConfigError(w, "search_space", type(self.search_space).__name__, "a dict of field -> domain")
         validate_devices(self)
         if self.workers is not None:
             check_int(w, "workers", self.workers, 1, 4096)
