@@ -70,7 +70,9 @@ def plot_pareto(board, path: str | Path) -> dict:
         ax.legend(fontsize=8)
         data["panels"].append({"front_column": col, "x_key": cost, "y_key": board.metric, "x_label": ax.get_xlabel(),
                                "y_label": ax.get_ylabel(), "series": _series(ax, ids)})
-    fig.suptitle(board.caption, fontsize=8)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(board.caption, 110 * len(board.fronts))), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -82,8 +84,13 @@ def _ident(r: dict) -> str:
     return f"{r['experiment']}/{r['trial_id']}"
 
 
+# config keys that name an ONNX / device trial better than its id does
+LABEL_KEYS = ("algorithm", "bits", "block_size", "precision", "device", "quant_scheme", "output_bw")
+
+
 def _short(r: dict) -> str:
-    return f"#{r['rank']} {r['experiment']}/{str(r['trial_id'])[:12]}"
+    parts = [f"{k}={r[k]}" for k in LABEL_KEYS if r.get(k) not in (None, "")]
+    return f"#{r['rank']} " + (" ".join(parts) if parts else f"{r['experiment']}/{str(r['trial_id'])[:12]}")
 
 
 def _series(ax, ids: dict) -> dict:
