@@ -7,9 +7,10 @@ One config, `OnnxPTQConfig`, whose `algorithm` picks the method:
   activations asymmetric UINT8 calibrated on WikiText-2 training text, MatMul/Gemm only.
 - `rtn`, `gptq`, `hqq`: weight-only quantization of the MatMul weights with
   `MatMulNBitsQuantizer` into `com.microsoft.MatMulNBits` nodes, `bits` per weight in
-  blocks of `block_size` input channels. RTN and GPTQ are onnxruntime's Intel Neural
-  Compressor implementations (same quantization grid, so they compare fairly), HQQ is
-  onnxruntime's own.
+  blocks of `block_size` input channels. RTN and GPTQ go through onnxruntime's Intel Neural
+  Compressor pipeline (same quantization grid, so they compare fairly), with GPTQ's weight
+  update replaced by the paper's (gptq_update.py: onnxruntime 1.32's propagates no error);
+  HQQ is onnxruntime's own.
 - `gptq` at 8 bits with `weight_format="qdq"`: GPTQ's 8-bit per-channel weights, then the
   static INT8 QDQ pass over the whole graph (the "QDQ + GPTQ 8-bit" recipe).
 
@@ -267,7 +268,11 @@ def _weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks) -> None:
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()):  # INC's per-node progress bar
+    from .gptq_update import patched_onnxruntime_gptq
+
+    # onnxruntime's GPTQ port propagates no error (see gptq_update.py): use the paper's update
+    fix = patched_onnxruntime_gptq() if config.algorithm == "gptq" else contextlib.nullcontext()
+    with contextlib.redirect_stdout(io.StringIO()), fix:  # INC prints a per-node progress bar
         quantizer.process()
     from ..models.onnx_export import save_onnx
 
