@@ -151,16 +151,6 @@ def config_key(config: dict) -> str:
     return json.dumps({k: config[k] for k in sorted(config)}, default=str)
 
 
-def _flatten(metrics: dict) -> dict:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update({f"{k}/{kk}": vv for kk, vv in v.items() if vv is not None})
-        else:
-            out[k] = v
-    return out
-
-
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -283,6 +273,8 @@ def plain_trial(config: dict, plan: dict) -> None:
 
     def report(metrics: dict, artifacts: dict | None = None):
         t = time.time()
+        from sweeper.sweep import _flatten  # the sweep's own flattening: same keys as ours
+
         m = _flatten(metrics)
         m.update(plain_import_s=t_import - t_entry, plain_load_s=t_load - t_import, plain_data_s=t_data - t_load,
                  plain_export_s=t_export - t_data, plain_lazy_data_s=lazy["s"], plain_overhead_s=t_q0[0] - t_entry,

@@ -22,7 +22,7 @@ def onnx_wikitext2_perplexity(model: OnnxModel, config, ctx) -> dict:
 
     from ..devices.kinds import KINDS
     from ..devices.ort_session import create_session
-    from .perplexity import CPU_AUTO_BATCH, _perplexity, perplexity_windows, tokenize_split
+    from .perplexity import CPU_AUTO_BATCH, perplexity_result, perplexity_windows, tokenize_split
 
     key = ("wikitext2-tokens", getattr(ctx.tokenizer, "name_or_path", id(ctx.tokenizer)), len(ctx.tokenizer),
            config.dataset, config.split)
@@ -58,29 +58,21 @@ def onnx_wikitext2_perplexity(model: OnnxModel, config, ctx) -> dict:
                 nll_sum += torch.nn.functional.cross_entropy(lg, tgt, reduction="sum").item()
                 scored += tgt.numel()
     seconds = time.perf_counter() - t0
-    mean_nll = nll_sum / scored
+    result = perplexity_result(nll_sum, scored, config, context_length, stride, text.join, {
+        "dtype": "float32",
+        "batch_size": batch_size,
+        "precision": model.info.get("precision", "fp32"),
+        "runtime": f"onnxruntime {_ort_version()} {', '.join(session.get_providers())}",
+        "unit": "perplexity (exp of mean NLL in nats per scored token); model_size_mb in MB of 2**20 bytes; "
+                "latency_ms per batch of batch_size windows",
+    })
     return {
-        "wikitext2_ppl": _perplexity(mean_nll),
-        "wikitext2_nll": mean_nll,
-        "wikitext2_scored_tokens": scored,
+        **{k: v for k, v in result.items() if k != "eval_settings"},
         "model_size_mb": round(model.size_mb(), 4),
         "eval_seconds": round(seconds, 3),
         "tokens_per_s": round(scored / seconds, 1) if seconds > 0 else None,
         "latency_ms": round(1000 * float(np.median(full_batch_s)), 3) if full_batch_s else None,
-        "eval_settings": {
-            "dataset": config.dataset,
-            "split": config.split,
-            "context_length": context_length,
-            "stride": stride,
-            "max_tokens": config.max_tokens,
-            "dtype": "float32",
-            "batch_size": batch_size,
-            "precision": model.info.get("precision", "fp32"),
-            "join": text.join,
-            "runtime": f"onnxruntime {_ort_version()} {', '.join(session.get_providers())}",
-            "unit": "perplexity (exp of mean NLL in nats per scored token); model_size_mb in MB of 2**20 bytes; "
-                    "latency_ms per batch of batch_size windows",
-        },
+        "eval_settings": result["eval_settings"],
     }
 
 

@@ -380,26 +380,28 @@ def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
                                      config.loss_chunk_tokens, config.torch_compile)
     finally:
         model.train(was_training)
-    mean_nll = nll / scored
+    return perplexity_result(nll, scored, config, context_length, stride, text.join, {
+        "dtype": config.dtype,
+        "compute_dtype": str(amp_dtype or torch.float32).removeprefix("torch."),
+        "batch_size": batch_size,
+        "loss_path": path,
+        "loss_chunk_tokens": config.loss_chunk_tokens,
+        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "unit": "perplexity (exp of mean NLL in nats per scored token)",
+    })
+
+
+def perplexity_result(nll_sum: float, scored: int, config: WikiText2PPL, context_length: int, stride: int,
+                      join: str, settings: dict) -> dict:
+    """Returns the task's result: wikitext2_ppl, wikitext2_nll (mean nats per scored token),
+    wikitext2_scored_tokens and eval_settings (the windows' settings plus `settings`)."""
+    mean_nll = nll_sum / scored
     return {
         "wikitext2_ppl": _perplexity(mean_nll),
         "wikitext2_nll": mean_nll,
         "wikitext2_scored_tokens": scored,
-        "eval_settings": {
-            "dataset": config.dataset,
-            "split": config.split,
-            "context_length": context_length,
-            "stride": stride,
-            "max_tokens": config.max_tokens,
-            "dtype": config.dtype,
-            "compute_dtype": str(amp_dtype or torch.float32).removeprefix("torch."),
-            "batch_size": batch_size,
-            "loss_path": path,
-            "loss_chunk_tokens": config.loss_chunk_tokens,
-            "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
-            "join": text.join,
-            "unit": "perplexity (exp of mean NLL in nats per scored token)",
-        },
+        "eval_settings": {"dataset": config.dataset, "split": config.split, "context_length": context_length,
+                          "stride": stride, "max_tokens": config.max_tokens, "join": join, **settings},
     }
 
 
