@@ -6,6 +6,11 @@ import math
 from typing import Any, Iterable
 
 
+def is_finite_number(value) -> bool:
+    """Returns whether `value` is an int or float (not bool) that is neither NaN nor inf."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_int(where: str, field: str, value, lo: int, hi: int) -> None:
     """Raises ConfigError unless `value` is an int (not bool) in [lo, hi]."""
     from .errors import ConfigError
@@ -18,7 +23,7 @@ def check_float(where: str, field: str, value, lo: float, hi: float, *, lo_open:
     """Raises ConfigError unless `value` is a finite number in [lo, hi] (or (lo, hi] if lo_open)."""
     from .errors import ConfigError
 
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_finite_number(value)
     ok = ok and (lo < value if lo_open else lo <= value) and value <= hi
     if not ok:
         raise ConfigError(where, field, value, f"a number in {'(' if lo_open else '['}{lo}, {hi}]")

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import is_finite_number as _finite
 from .errors import ConfigError, SweeperError
 from .pareto import pareto_front
 
@@ -37,8 +38,6 @@ FRONTS = (("pareto_size", SIZE), ("pareto_latency", LATENCY))
 FIXED_COLUMNS = ("rank", "experiment", "model", "recipe", "device", "trial_id", "status", "error")
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------- sources

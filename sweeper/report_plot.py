@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
+
+from .config import is_finite_number as _finite
 
 AXIS_LABELS = {
     "wikitext2_ppl": "WikiText-2 perplexity",
@@ -21,8 +22,6 @@ def axis_label(metric: str) -> str:
     return AXIS_LABELS.get(metric, metric)
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def plot_pareto(board, path: str | Path) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .devices.jobspec import JobSpec
+from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
 from .experiment import Experiment
 from .tracking import format_table, wandb_callback
@@ -445,8 +446,6 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
     }
 
 
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _is_metric(key: str) -> bool:

@@ -68,22 +68,19 @@ def save_onnx(model_proto, path: Path) -> Path:
     return path
 
 
-class _LogitsOnly:
-    """Builds the torch module the exporter traces: input_ids -> logits, no cache."""
+def _logits_only(model):
+    """Returns the torch module the exporter traces: input_ids -> logits, no cache."""
+    import torch
 
-    @staticmethod
-    def wrap(model):
-        import torch
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
 
-        class LogitsOnly(torch.nn.Module):
-            def __init__(self, lm):
-                super().__init__()
-                self.lm = lm
+        def forward(self, input_ids):
+            return self.lm(input_ids=input_ids, use_cache=False).logits
 
-            def forward(self, input_ids):
-                return self.lm(input_ids=input_ids, use_cache=False).logits
-
-        return LogitsOnly(model)
+    return LogitsOnly(model)
 
 
 def max_positions_of(model) -> int:
@@ -129,7 +126,7 @@ def export_causal_lm(model, out_dir: str | Path, *, opset: int = 18, source_key:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                _LogitsOnly.wrap(model), (example,), dynamo=True, opset_version=opset,
+                _logits_only(model), (example,), dynamo=True, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch, 1: seq},), verbose=False, report=False,
             )
