@@ -1,8 +1,9 @@
 """OPT-125m exported to ONNX, quantized with onnxruntime.quantization, swept.
 
 First the seed's four rows as fixed trials (FP32; INT8 QDQ; QDQ + GPTQ 8-bit; MatMulNBits
-GPTQ 4-bit), then a Tune search over algorithm (RTN, GPTQ, HQQ) x block size at 4 bits,
-with GPTQ's act-order and damping drawn per trial. Objective: WikiText-2 test perplexity
+GPTQ 4-bit) and RTN / GPTQ at 2 bits (the width below 4 that MatMulNBits reads; HQQ has
+only 4) per block size, then a Tune search over algorithm (RTN, GPTQ, HQQ) x block size at
+4 bits, with GPTQ's act-order and damping drawn per trial. Objective: WikiText-2 test perplexity
 (min), with the model's size on disk beside it; at the end a table like the seed's and
 the quality-vs-size Pareto front.
 
@@ -40,10 +41,12 @@ def experiment(smoke: bool = False) -> Experiment:
     model = resolve_default_model("facebook/opt-125m", fallback="opt-ref")
     reference = model == "opt-ref"
     rng = random.Random(0)  # the same draws every run
+    block_sizes = [32, 128] if smoke else [16, 32, 64, 128, 256]
+    two_bit = [{"algorithm": a, "bits": 2, "block_size": b} for b in block_sizes[:1 if smoke else None] for a in ("rtn", "gptq")]
     space = {
         "algorithm": tune.grid_search(["rtn", "gptq", "hqq"]),
         "bits": 4,
-        "block_size": tune.grid_search([32, 128] if smoke else [16, 32, 64, 128, 256]),
+        "block_size": tune.grid_search(block_sizes),
         "act_order": _gptq_only([False, True], False, rng),
         "damp_percent": _gptq_only([0.01, 0.05, 0.1], 0.01, rng),
     }
@@ -60,7 +63,7 @@ def experiment(smoke: bool = False) -> Experiment:
         task=task,
         search_space=space,
         fixed=fixed,
-        trials=SEED_ROWS,
+        trials=SEED_ROWS + two_bit,
         device="cpu",
         num_samples=1,  # RTN and HQQ are deterministic: a second pass would repeat them
         scheduler="fifo",  # one report per trial: nothing for ASHA to stop early

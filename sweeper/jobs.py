@@ -38,3 +38,6 @@ class Quantized:
     artifacts: dict[str, bytes] = field(default_factory=dict)
     reported: bool = False
     info: dict = field(default_factory=dict)
+    # numbers the recipe measured itself (e.g. GPTQ's layer error vs RTN), reported beside
+    # the task's metrics when the recipe did not report on its own
+    metrics: dict = field(default_factory=dict)

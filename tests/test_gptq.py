@@ -1,12 +1,11 @@
 """GPTQ's weight update against the paper's claim, on a trained model's real activations:
-it lowers the layer's output error ||X (W - Q)|| below round-to-nearest on the same grid.
-onnxruntime 1.32's own port does not (it propagates no error), which is why the recipe
-replaces it; if this test's second half fails, onnxruntime fixed it and the patch can go."""
+it lowers the layer's output error ||X (W - Q)|| below round-to-nearest on the same grid,
+with and without act-order, and with an identity Hessian it is round-to-nearest."""
 import numpy as np
 import pytest
 import torch
 
-from sweeper.recipes.gptq_update import gptq
+from sweeper.recipes.gptq_update import gptq, group_grid, rtn
 
 
 @pytest.fixture(scope="module")
@@ -36,43 +35,32 @@ def layers(opt_small_dir):
     return {n: (x.double().numpy(), mods[n].weight.detach().double().numpy().T) for n, x in acts.items()}
 
 
-def _rtn(W, bits, group):
-    from onnxruntime.quantization.neural_compressor.weight_only import gptq as port
-
-    # with an identity Hessian there is nothing to propagate: GPTQ's grid, rounded
-    return port(W.copy(), np.eye(W.shape[0]), num_bits=bits, group_size=group, scheme="sym", percdamp=0.0)
-
-
-@pytest.mark.parametrize("group", [32, 128])
-def test_gptq_beats_round_to_nearest_on_every_layer(layers, group):
+@pytest.mark.parametrize("group,symmetric,act_order", [(32, True, False), (128, True, False), (32, False, False),
+                                                        (32, True, True)])
+def test_gptq_beats_round_to_nearest_on_every_layer(layers, group, symmetric, act_order):
     for name, (X, W) in layers.items():
         H = 2 * X.T @ X / len(X)
-        err_rtn = np.linalg.norm(X @ (W - _rtn(W, 4, group)))
-        err_gptq = np.linalg.norm(X @ (W - gptq(W.copy(), H.copy(), num_bits=4, group_size=group, scheme="sym")))
+        err_rtn = np.linalg.norm(X @ (W - rtn(W, 4, group, symmetric).dequantize()))
+        q = gptq(W, H, bits=4, group_size=group, symmetric=symmetric, act_order=act_order)
+        err_gptq = np.linalg.norm(X @ (W - q.dequantize()))
         assert err_gptq < 0.9 * err_rtn, (name, err_gptq / err_rtn)
 
 
 def test_identity_hessian_is_round_to_nearest(layers):
     _, W = next(iter(layers.values()))
-    got = gptq(W.copy(), np.eye(W.shape[0]), num_bits=4, group_size=32, scheme="sym", percdamp=0.0)
-    assert np.allclose(got, _rtn(W, 4, 32), atol=1e-6)
+    for symmetric in (True, False):
+        got = gptq(W, np.eye(W.shape[0]), bits=4, group_size=32, symmetric=symmetric, percdamp=0.0)
+        want = rtn(W, 4, 32, symmetric)
+        assert np.array_equal(got.codes, want.codes) and np.array_equal(got.scales, want.scales)
 
 
-def test_onnxruntime_port_propagates_no_error(layers):
-    from onnxruntime.quantization.neural_compressor.weight_only import gptq as port
-
+def test_codes_lie_on_the_grid_and_act_order_keeps_contiguous_groups(layers):
     X, W = layers["model.decoder.layers.0.fc2"]
     H = 2 * X.T @ X / len(X)
-    got = port(W.copy(), H.copy(), num_bits=4, group_size=32, scheme="sym")
-    assert np.allclose(got, _rtn(W, 4, 32), atol=1e-6)  # the upstream bug this module works around
-
-
-def test_recipe_uses_the_paper_update(monkeypatch):
-    from onnxruntime.quantization.neural_compressor import weight_only
-
-    from sweeper.recipes.gptq_update import patched_onnxruntime_gptq
-
-    original = weight_only.gptq
-    with patched_onnxruntime_gptq():
-        assert weight_only.gptq is gptq
-    assert weight_only.gptq is original
+    q = gptq(W, H, bits=4, group_size=32, symmetric=False, act_order=True)
+    assert q.codes.max() <= 15 and q.scales.shape == (W.shape[0] // 32, W.shape[1])
+    for g in range(q.scales.shape[0]):  # static groups: each contiguous group's grid from the original weights
+        scale, zero = group_grid(W[g * 32:(g + 1) * 32], 4, symmetric=False)
+        assert np.array_equal(q.scales[g], scale) and np.array_equal(q.zeros[g], zero)
+    sym = group_grid(np.array([[-1.5], [0.3]]), 4, symmetric=True)
+    assert np.isclose(sym[0][0], 3 / 15) and sym[1][0] == 8  # GPTQ's symmetric grid: 2 max|w| / 15, zero 8

@@ -50,7 +50,9 @@ def fp32_ppl(exported, ctx) -> float:
     ({"algorithm": "int8_qdq", "block_size": 32}, "block_size unset"),
     ({"algorithm": "hqq", "bits": 8, "block_size": 32}, "hqq bits=8"),
     ({"algorithm": "gptq", "bits": 8, "block_size": 64}, "block_size unset"),
-    ({"algorithm": "gptq", "bits": 4, "block_size": 64, "weight_format": "qdq"}, "only 4-bit GPTQ"),
+    ({"algorithm": "gptq", "bits": 4, "block_size": 64, "weight_format": "qdq"}, "weight_format matmulnbits for gptq 4-bit"),
+    ({"algorithm": "gptq", "bits": 8, "symmetric": False}, "QDQ weights are symmetric"),
+    ({"algorithm": "hqq", "bits": 2, "block_size": 32}, "hqq bits=2"),
     ({"algorithm": "rtn", "bits": 4}, "a block_size"),
     ({"algorithm": "rtn", "bits": 4, "block_size": 48}, "block_size=48"),
     ({"algorithm": "rtn", "bits": 3, "block_size": 32}, "bits=3"),
@@ -104,6 +106,7 @@ def _weight_matmuls(model: OnnxModel) -> int:
     {"algorithm": "rtn", "bits": 4, "block_size": 32},
     {"algorithm": "rtn", "bits": 8, "block_size": 128},
     {"algorithm": "gptq", "bits": 4, "block_size": 32, "act_order": True},
+    {"algorithm": "gptq", "bits": 2, "block_size": 64, "symmetric": False},
     {"algorithm": "hqq", "bits": 4, "block_size": 64},
 ])
 def test_recipe_writes_the_nodes_it_claims(kw, exported, ctx, fp32_ppl):
@@ -128,7 +131,8 @@ def test_recipe_writes_the_nodes_it_claims(kw, exported, ctx, fp32_ppl):
         assert q_nodes  # activations are quantized too
     assert q.model.size_mb() < exported.size_mb()
     ppl = onnx_wikitext2_perplexity(q.model, EVAL, ctx)["wikitext2_ppl"]
-    limit = {8: 0.05, 4: 0.5}[config.resolved_bits]
+    # measured drift on this model: under 0.1% at 8 and 4 bits, under 1% at 2 bits
+    limit = {8: 0.01, 4: 0.02, 2: 0.05}[config.resolved_bits]
     assert np.isfinite(ppl) and abs(ppl - fp32_ppl) / fp32_ppl < limit
 
 
@@ -141,3 +145,69 @@ def test_input_graph_is_left_alone(exported, ctx):
 def test_calibration_longer_than_the_model_is_refused(exported, ctx):
     with pytest.raises(ConfigError, match="calibration_seq_len"):
         quantize_onnx(exported, OnnxPTQConfig("int8_qdq", calibration_seq_len=4096), ctx)
+
+
+@pytest.fixture(scope="module")
+def torch_layer_inputs(opt_small, ctx):
+    """{float weight [K, N] as bytes: X [tokens, K]}: each torch Linear's input on the
+    recipe's own calibration blocks, captured by forward hooks (independent of ONNX)."""
+    from sweeper.recipes.calibration import pick_blocks, token_blocks
+
+    model = opt_small[0]
+    blocks = pick_blocks(token_blocks(ctx, 128), 8, 0)
+    acts, hooks = {}, []
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            key = module.weight.detach().numpy().T.astype(np.float32).tobytes()
+            hooks.append(module.register_forward_hook(
+                lambda m, inp, out, key=key: acts.setdefault(key, []).append(inp[0].reshape(-1, inp[0].shape[-1]))))
+    with torch.no_grad():
+        model(input_ids=blocks)
+    for h in hooks:
+        h.remove()
+    return {k: torch.cat(v).double().numpy() for k, v in acts.items()}
+
+
+@pytest.mark.parametrize("kw", [
+    {"bits": 4, "block_size": 32},
+    {"bits": 4, "block_size": 32, "symmetric": False},
+    {"bits": 4, "block_size": 64, "act_order": True},
+    {"bits": 4, "block_size": 64, "symmetric": False, "act_order": True},
+    {"bits": 8},  # QDQ + GPTQ 8-bit: GPTQ's codes in quantize_static's INT8 weights
+])
+def test_packed_graph_holds_gptqs_weights(kw, exported, ctx, torch_layer_inputs):
+    """The artefact a user gets: every weight onnxruntime computes with, read back from
+    the graph, is GPTQ's output bit for bit, and its layer output error on the torch
+    model's own activations is well below round-to-nearest's on the same grid."""
+    from onnx import numpy_helper
+
+    from sweeper.recipes import onnx_weight_only as wo
+    from sweeper.recipes.calibration import pick_blocks, token_blocks
+    from sweeper.recipes.gptq_update import gptq, rtn
+    from sweeper.recipes.matmul_nbits import packed_prefix, runtime_weight
+
+    config = OnnxPTQConfig("gptq", calibration_samples=8, **kw)
+    q = quantize_onnx(exported, config, ctx)
+    float_graph = onnx.load(str(exported.path)).graph
+    floats = {i.name: numpy_helper.to_array(i) for i in float_graph.initializer}
+    weights = {n.input[1]: n.input[0] for n in wo.weight_matmuls(float_graph)}
+    blocks = pick_blocks(token_blocks(ctx, 128), 8, 0).numpy()
+    hessians = wo.layer_input_hessians(exported.path, sorted(set(weights.values())), blocks, ctx.workdir)
+    group = -1 if config.resolved_format == "qdq" else config.block_size
+    graph = onnx.load(str(q.model.path)).graph
+    by_input = {(n.input[1] if n.op_type == "MatMulNBits" else n.input[0]): n for n in graph.node}
+    checked = 0
+    for name, act in weights.items():
+        W = floats[name]
+        want = gptq(W, hessians[act], config.resolved_bits, group, config.resolved_symmetric,
+                    percdamp=config.damp_percent, act_order=config.act_order)
+        key = f"{name}_quantized" if group == -1 else f"{packed_prefix(name, config.resolved_bits, group)}_B"
+        got = runtime_weight(graph, by_input[key])
+        assert np.array_equal(got, want.dequantize()), name
+        X = torch_layer_inputs[W.astype(np.float32).tobytes()]
+        err = np.linalg.norm(X @ (W - got))
+        err_rtn = np.linalg.norm(X @ (W - rtn(W, config.resolved_bits, group, config.resolved_symmetric).dequantize()))
+        assert err < 0.9 * err_rtn, (name, err / err_rtn)
+        checked += 1
+    assert checked == len(weights) == _weight_matmuls(exported) > 0
+    assert 0 < q.metrics["layer_error_vs_rtn"] < 0.9

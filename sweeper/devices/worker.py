@@ -258,7 +258,7 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
         # Recipes never modify the model they are given (the worker's cached base model or graph).
         q = recipe_entry.fn(model, recipe_entry.config_cls(**spec.recipe_kwargs), ctx)
         if not q.reported:
-            report(ctx.evaluate(q.model), q.artifacts)
+            report({**ctx.evaluate(q.model), **q.metrics}, q.artifacts)
         return {"metrics": final, "info": {"model_key": loaded.content_key, **q.info}}
 
 

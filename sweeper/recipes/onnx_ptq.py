@@ -5,14 +5,15 @@ One config, `OnnxPTQConfig`, whose `algorithm` picks the method:
 - `fp32`: the exported graph as it is (the reference row).
 - `int8_qdq`: static INT8 QDQ (`quantize_static`): weights symmetric per-channel INT8,
   activations asymmetric UINT8 calibrated on WikiText-2 training text, MatMul/Gemm only.
-- `rtn`, `gptq`, `hqq`: weight-only quantization of the MatMul weights with
-  `MatMulNBitsQuantizer` into `com.microsoft.MatMulNBits` nodes, `bits` per weight in
-  blocks of `block_size` input channels. RTN and GPTQ go through onnxruntime's Intel Neural
-  Compressor pipeline (same quantization grid, so they compare fairly), with GPTQ's weight
-  update replaced by the paper's (gptq_update.py: onnxruntime 1.32's propagates no error);
-  HQQ is onnxruntime's own.
+- `rtn`, `gptq`: weight-only quantization of the MatMul weights into
+  `com.microsoft.MatMulNBits` nodes, `bits` per weight in blocks of `block_size` input
+  channels, on one grid (so they compare fairly), quantized and packed by us
+  (onnx_weight_only.py: onnxruntime 1.32's pipeline re-rounded GPTQ's weights into RTN);
+  every packed weight is read back through onnxruntime and checked bit for bit.
+- `hqq`: onnxruntime's own `MatMulNBitsQuantizer` HQQ.
 - `gptq` at 8 bits with `weight_format="qdq"`: GPTQ's 8-bit per-channel weights, then the
-  static INT8 QDQ pass over the whole graph (the "QDQ + GPTQ 8-bit" recipe).
+  static INT8 QDQ pass over the whole graph, whose INT8 weights are then overwritten with
+  GPTQ's own codes and scales (the "QDQ + GPTQ 8-bit" recipe).
 
 Which combinations onnxruntime supports is checked when the config is built.
 """
@@ -35,12 +36,16 @@ WEIGHT_FORMATS = ("matmulnbits", "qdq")
 # What onnxruntime can write: (algorithm, bits) -> weight formats.
 SUPPORTED = {
     ("int8_qdq", 8): ("qdq",),
+    ("rtn", 2): ("matmulnbits",),
     ("rtn", 4): ("matmulnbits",),
     ("rtn", 8): ("matmulnbits",),
+    ("gptq", 2): ("matmulnbits",),
     ("gptq", 4): ("matmulnbits",),
-    ("gptq", 8): ("qdq",),
+    ("gptq", 8): ("qdq", "matmulnbits"),
     ("hqq", 4): ("matmulnbits",),
 }
+# MatMulNBits' CPU kernel reads 2, 4 and 8 bits (tests/test_matmul_nbits.py); 3 does not pack into bytes.
+BITS = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class OnnxPTQConfig:
     def __post_init__(self):
         check_choice(WHERE, "algorithm", self.algorithm, ALGORITHMS)
         if self.bits is not None:
-            check_choice(WHERE, "bits", self.bits, (4, 8))
+            check_choice(WHERE, "bits", self.bits, BITS)
         if self.block_size is not None:
             check_choice(WHERE, "block_size", self.block_size, BLOCK_SIZES)
         if self.weight_format is not None:
@@ -111,12 +116,14 @@ class OnnxPTQConfig:
             raise ConfigError(WHERE, "combination", combo, f"one onnxruntime can write: {ok}")
         if fmt not in formats:
             raise ConfigError(WHERE, "combination", f"{combo} weight_format={fmt}",
-                              f"weight_format {' or '.join(formats)} for {self.algorithm} {bits}-bit"
-                              + (" (onnxruntime packs only 4-bit GPTQ into MatMulNBits)" if self.algorithm == "gptq" else ""))
+                              f"weight_format {' or '.join(formats)} for {self.algorithm} {bits}-bit")
         if fmt == "qdq" and self.block_size is not None:
             raise ConfigError(WHERE, "combination", combo, "block_size unset: QDQ weights are per-channel")
         if fmt == "matmulnbits" and self.block_size is None:
             raise ConfigError(WHERE, "combination", combo, f"a block_size for MatMulNBits, one of {BLOCK_SIZES}")
+        if fmt == "qdq" and self.algorithm == "gptq" and self.symmetric is False:
+            raise ConfigError(WHERE, "combination", f"{combo} weight_format=qdq symmetric=False",
+                              "symmetric=True or unset (QDQ weights are symmetric INT8)")
         if self.algorithm == "hqq" and self.symmetric is True:
             raise ConfigError(WHERE, "combination", f"{combo} symmetric=True", "symmetric=False (HQQ is asymmetric)")
 
@@ -222,61 +229,66 @@ def _static_qdq(src: Path, dst: Path, config: OnnxPTQConfig, blocks) -> None:
     pre.unlink()
 
 
-def _check_zero_point_packing(proto, config: OnnxPTQConfig, block: int) -> None:
-    """Raises ConfigError for the one case onnxruntime 1.32's RTN/GPTQ packer gets wrong:
-    asymmetric 4-bit weights with an odd number of blocks along K (it packs two zero points
-    per byte across rows, then cannot reshape them)."""
-    if config.algorithm not in ("rtn", "gptq") or config.resolved_bits != 4 or config.resolved_symmetric or block <= 0:
-        return
-    inits = {i.name: i for i in proto.graph.initializer}
-    names = set(_matmul_names(proto))
-    for n in proto.graph.node:
-        if n.name in names:
-            k = inits[n.input[1]].dims[0]
-            if -(-k // block) % 2:
-                raise ConfigError(WHERE, "combination", f"algorithm={config.algorithm} bits=4 block_size={block} symmetric=False",
-                                  f"symmetric=True or a block_size giving an even block count (weight {n.input[1]} "
-                                  f"has {k} input channels; onnxruntime's packer mispacks the zero points)")
-
-
-def _weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks) -> None:
-    import onnx
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
-
-    proto = onnx.load(str(src))
-    bits = config.resolved_bits
-    # onnxruntime's RTN/GPTQ templates say 4 bits; other widths go in per node.
-    per_node = {name: {"bits": bits} for name in _matmul_names(proto)} if bits != 4 else None
-    if config.algorithm == "rtn":
-        algo = mnq.RTNWeightOnlyQuantConfig()
-    elif config.algorithm == "gptq":
-        algo = mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=_TokenReader(blocks), percdamp=config.damp_percent,
-                                             block_size=128, actorder=config.act_order, perchannel=True)
-    else:
-        algo = mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=bits)
-    if per_node:
-        algo.customized_weight_config = per_node
-    # QDQ + GPTQ: GPTQ over whole input columns (per-channel) at 8 bits; the QDQ pass follows.
-    block = config.block_size if config.resolved_format == "matmulnbits" else -1
-    if per_node and block == -1:
-        for cfg in per_node.values():
-            cfg["group_size"] = -1
-    _check_zero_point_packing(proto, config, block)
-    quantizer = mnq.MatMulNBitsQuantizer(proto, bits=bits, block_size=block if block > 0 else 128,
-                                         is_symmetric=config.resolved_symmetric, accuracy_level=config.accuracy_level,
-                                         algo_config=algo)
+def _hqq(src: Path, dst: Path, config: OnnxPTQConfig) -> None:
     import contextlib
     import io
 
-    from .gptq_update import patched_onnxruntime_gptq
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    # onnxruntime's GPTQ port propagates no error (see gptq_update.py): use the paper's update
-    fix = patched_onnxruntime_gptq() if config.algorithm == "gptq" else contextlib.nullcontext()
-    with contextlib.redirect_stdout(io.StringIO()), fix:  # INC prints a per-node progress bar
-        quantizer.process()
     from ..models.onnx_export import save_onnx
 
+    algo = mnq.HQQWeightOnlyQuantConfig(block_size=config.block_size, bits=config.resolved_bits)
+    quantizer = mnq.MatMulNBitsQuantizer(onnx.load(str(src)), bits=config.resolved_bits, block_size=config.block_size,
+                                         is_symmetric=False, accuracy_level=config.accuracy_level, algo_config=algo)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a per-node progress bar
+        quantizer.process()
     save_onnx(quantizer.model.model, dst)
+
+
+def _own_weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks, ctx) -> dict:
+    """RTN/GPTQ, quantized and packed by onnx_weight_only; returns what goes in the
+    recipe's info (per-layer output errors, weights verified)."""
+    import shutil
+
+    import numpy as np
+    import onnx
+
+    from ..models.onnx_export import save_onnx
+    from . import onnx_weight_only as wo
+
+    proto = onnx.load(str(src))
+    hessians = None
+    if config.algorithm == "gptq":
+        inputs = sorted({n.input[0] for n in wo.weight_matmuls(proto.graph)})
+        hessians = wo.layer_input_hessians(src, inputs, blocks, Path(ctx.workdir))
+        ctx.check_cancelled()
+    qdq = config.resolved_format == "qdq"
+    result = wo.quantize_weights(proto, config.algorithm, config.resolved_bits, -1 if qdq else config.block_size,
+                                 config.resolved_symmetric, hessians=hessians, act_order=config.act_order,
+                                 damp_percent=config.damp_percent, log=ctx.log)
+    ctx.check_cancelled()
+    if qdq:
+        # calibrate activations on the quantized weights, then put GPTQ's own codes in
+        wo.write_dequantized_weights(proto, result)
+        mid = save_onnx(proto, dst.parent.parent / (dst.parent.name + "-gptq") / "model.onnx")
+        _static_qdq(mid, dst, config, blocks)
+        shutil.rmtree(mid.parent)
+        proto = onnx.load(str(dst))
+        wo.write_qdq_weights(proto, result)
+    else:
+        wo.write_matmul_nbits(proto, result, config.block_size, config.accuracy_level)
+    checked = wo.verify_packed(proto, result)
+    save_onnx(proto, dst)
+    errors = result.layer_error
+    info = {"weights_verified": checked}
+    if errors:
+        ratio = [e["gptq"] / e["rtn"] for e in errors.values() if e["rtn"] > 0]
+        info["layer_error"] = errors
+        info["layer_error_vs_rtn_mean"] = round(float(np.mean(ratio)), 4)
+        ctx.log(f"gptq: layer output error {info['layer_error_vs_rtn_mean']:.3f}x RTN's on average "
+                f"over {len(ratio)} weights; {checked} packed weights verified")
+    return info
 
 
 def quantize_onnx(model, config: OnnxPTQConfig, ctx) -> Quantized:
@@ -287,12 +299,13 @@ def quantize_onnx(model, config: OnnxPTQConfig, ctx) -> Quantized:
     import json
     import logging
 
-    t0 = time.perf_counter()
     import tempfile
 
+    t0 = time.perf_counter()
     out_dir = Path(tempfile.mkdtemp(prefix=f"onnx_ptq-{config.algorithm}-{config.resolved_bits}-{config.block_size}-",
                                     dir=ctx.workdir))
     dst = out_dir / "model.onnx"
+    extra = {}
     if config.algorithm == "fp32":
         result = model
     else:
@@ -304,28 +317,22 @@ def quantize_onnx(model, config: OnnxPTQConfig, ctx) -> Quantized:
         logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
         if config.algorithm == "int8_qdq":
             _static_qdq(model.path, dst, config, blocks)
-        elif config.resolved_format == "qdq":  # QDQ + GPTQ 8-bit
-            mid = out_dir.parent / (out_dir.name + "-gptq")
-            mid.mkdir()
-            _weight_only(model.path, mid / "model.onnx", config, blocks)
-            ctx.check_cancelled()
-            _static_qdq(mid / "model.onnx", dst, config, blocks)
-            import shutil
-
-            shutil.rmtree(mid)
+        elif config.algorithm == "hqq":
+            _hqq(model.path, dst, config)
         else:
-            _weight_only(model.path, dst, config, blocks)
+            extra = _own_weight_only(model.path, dst, config, blocks, ctx)
         result = model.derived(dst)
     seconds = time.perf_counter() - t0
     ops = result.op_counts()
     info = {"recipe": config.describe(), "quantize_seconds": round(seconds, 2), "op_counts": ops,
             "weight_format": config.resolved_format, "bits": config.resolved_bits, "block_size": config.block_size,
-            "symmetric": config.resolved_symmetric if config.algorithm not in ("fp32", "int8_qdq") else None}
+            "symmetric": config.resolved_symmetric if config.algorithm not in ("fp32", "int8_qdq") else None, **extra}
     ctx.log(f"onnx_ptq: {config.describe()} done in {seconds:.1f}s, {result.size_mb():.2f} MB; "
             f"MatMulNBits {ops.get('MatMulNBits', 0)}, QuantizeLinear {ops.get('QuantizeLinear', 0)}, "
             f"DequantizeLinear {ops.get('DequantizeLinear', 0)}, MatMul {ops.get('MatMul', 0)}")
+    measured = {"layer_error_vs_rtn": extra["layer_error_vs_rtn_mean"]} if "layer_error_vs_rtn_mean" in extra else {}
     return Quantized(result, artifacts={"quantization.json": json.dumps(info, indent=2).encode()},
-                     info={"quantize_seconds": round(seconds, 2)})
+                     info={"quantize_seconds": round(seconds, 2)}, metrics=measured)
 
 
 RECIPES.register("onnx_ptq", quantize_onnx)(OnnxPTQConfig)
