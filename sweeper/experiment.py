@@ -44,6 +44,7 @@ class Experiment:
     seed: int = 0
     # Runs of every configuration, each with its own seed (`repeat_seeds`): the summary and
     # the leaderboard then show mean ± std per configuration and mark ties within the noise.
+    # Above 1, a sample's random values are drawn once for all of its grid variants.
     seeds: int = 1
     wandb_project: str = "sweeper"
     trust_remote_code: bool = False

@@ -184,6 +184,52 @@ def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
     return space, points
 
 
+def repeat_space(exp: Experiment, space: dict) -> dict:
+    """Returns the param space that runs every configuration of `space`, sampled or fixed,
+    once per seed of exp.repeat_seeds(): `space` plus a grid over "seed" (unchanged when
+    exp.seeds == 1). Run it with constant_grid_search, so a sample's random values are drawn
+    once for all its seeds; its sample_from domains become `RepeatedDraw`s, since Tune draws
+    one that reads a grid value once per grid variant, each seed's included."""
+    if exp.seeds == 1:
+        return space
+    from ray import tune
+    from ray.tune.search import sample
+
+    out = {k: tune.sample_from(RepeatedDraw(v, exp.seeds)) if isinstance(v, sample.Function) else v
+           for k, v in space.items()}
+    out[SEED_KEY] = tune.grid_search(exp.repeat_seeds())
+    return out
+
+
+class RepeatedDraw:
+    """A sample_from function that draws `domain` (a Tune sample_from domain) once per
+    configuration and hands that draw to the configuration's other `seeds - 1` repeats.
+    A configuration is a variant's resolved values without its seed; Tune visits each one
+    once per seed in a sample, so after `seeds` calls its draw is dropped and the next
+    sample draws anew. A function that reads the seed itself gets the first seed's draw."""
+
+    def __init__(self, domain, seeds: int):
+        self.domain, self.seeds, self.draws = domain, seeds, {}
+
+    def __call__(self, spec):
+        from ray.tune.search import sample
+
+        # dict methods: Tune's guard raises on attribute reads of values not yet resolved
+        config = dict.get(spec, "config", spec)
+        resolved = {k: v for k, v in dict.items(config)
+                    if not isinstance(v, sample.Domain) and not (isinstance(v, dict) and "grid_search" in v)}
+        if SEED_KEY not in resolved:  # Tune's pass before the grid: not one repeat yet
+            return self.domain.sample(spec)
+        key = json.dumps({k: v for k, v in resolved.items() if k != SEED_KEY}, sort_keys=True, default=str)
+        if key not in self.draws:
+            self.draws[key] = [self.domain.sample(spec), self.seeds]
+        entry = self.draws[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.draws[key]
+        return entry[0]
+
+
 def resolve_kinds(exp: Experiment) -> dict:
     """Returns {name: DeviceKind} of the kinds the sweep runs on, in order. "all" means every
     kind some node can host (for ONNX recipes: with its execution provider there). Raises
@@ -317,8 +363,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     param_space, points = fixed_trial_space(exp)
     if len(names) > 1 and "device" not in param_space and not any("device" in t for t in exp.trials):
         param_space["device"] = tune.grid_search(names)  # several kinds: compare them
-    if exp.seeds > 1:  # every configuration, sampled or fixed, runs once per seed
-        param_space[SEED_KEY] = tune.grid_search(exp.repeat_seeds())
+    param_space = repeat_space(exp, param_space)
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
                                   max_t=_max_reports(exp), reduction_factor=2)
