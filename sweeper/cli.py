@@ -28,7 +28,7 @@ def load_experiment_file(path: str | Path):
 
 def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int | None = None,
                      model: str | None = None, device: str | None = None, workers: int | None = None,
-                     kinds_file: str | None = None):
+                     kinds_file: str | None = None, seeds: int | None = None):
     """Returns the validated Experiment of an experiment file with the CLI's overrides applied."""
     from .experiment import Experiment
 
@@ -45,6 +45,8 @@ def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int 
         exp.kinds_file = kinds_file
     if workers is not None:
         exp.workers = workers
+    if seeds is not None:
+        exp.seeds = seeds
     return exp.validate()
 
 
@@ -57,6 +59,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device kind(s) of the workers: cpu, cuda, gcu, a comma list, or 'all' (overrides the file)")
     p.add_argument("--kinds", help="a YAML/JSON file of extra device kinds (another vendor's EP, TensorRT, ...)")
     p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
+    p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
+                   "show mean ± std and mark ties within the noise (overrides the file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in RESULTS_DIR/NAME")
 
 
@@ -92,6 +96,8 @@ def _check_run_flags(args) -> None:
         check_int("sweeper run", "--num-samples", args.num_samples, 1, 100_000)
     if args.workers is not None:
         check_int("sweeper run", "--workers", args.workers, 1, 4096)
+    if args.seeds is not None:
+        check_int("sweeper run", "--seeds", args.seeds, 1, 1000)
 
 
 def _cmd_run(args) -> int:
@@ -99,7 +105,8 @@ def _cmd_run(args) -> int:
 
     _check_run_flags(args)
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
-                           model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds)
+                           model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds,
+                           seeds=args.seeds)
     result = run_experiment(exp, results_dir=args.results_dir, summary_path=args.summary, resume=args.resume)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
 

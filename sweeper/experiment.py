@@ -42,6 +42,10 @@ class Experiment:
     grace_period: int = 1  # ASHA: reports before a trial can be stopped
     max_failures: int = 2  # retries of a trial whose worker was lost
     seed: int = 0
+    # Runs of every configuration, each with its own seed (`repeat_seeds`): the summary and
+    # the leaderboard then show mean ± std per configuration and mark ties within the noise.
+    # Above 1, a sample's random values are drawn once for all of its grid variants.
+    seeds: int = 1
     wandb_project: str = "sweeper"
     trust_remote_code: bool = False
     plugins: tuple = ()  # modules or .py files registering user recipes/tasks, imported on workers too
@@ -73,6 +77,29 @@ class Experiment:
 
         ensure_builtin_registered()
         return getattr(RECIPES.get(self.recipe).config_cls, "model_format", "torch")
+
+    @property
+    def seed_in_recipe(self) -> bool:
+        """Returns whether the recipe's config has a `seed` field (its calibration choice,
+        data order and init follow it)."""
+        from .registry import RECIPES, ensure_builtin_registered
+
+        ensure_builtin_registered()
+        return "seed" in {f.name for f in dataclasses.fields(RECIPES.get(self.recipe).config_cls)}
+
+    def repeat_seeds(self) -> list[int]:
+        """Returns the seeds of the `seeds` repeats of every configuration: base, base+1, ...
+        where base is the seed a single run would use (fixed["seed"], else the recipe's
+        default seed, else the experiment's job seed), so repeat 0 is that single run."""
+        from .registry import RECIPES
+
+        if "seed" in self.fixed:
+            base = self.fixed["seed"]
+        elif self.seed_in_recipe:
+            base = next(f.default for f in dataclasses.fields(RECIPES.get(self.recipe).config_cls) if f.name == "seed")
+        else:
+            base = self.seed
+        return [base + i for i in range(self.seeds)]
 
     @property
     def objective(self) -> tuple[str, str]:
@@ -113,6 +140,9 @@ class Experiment:
         check_int(w, "grace_period", self.grace_period, 1, 10_000)
         check_int(w, "max_failures", self.max_failures, 0, 100)
         check_int(w, "seed", self.seed, 0, 2**31 - 1)
+        check_int(w, "seeds", self.seeds, 1, 1000)
+        if self.seeds > 1 and ("seed" in self.search_space or any(isinstance(t, dict) and "seed" in t for t in list(self.trials or []))):
+            raise ConfigError(w, "seeds", self.seeds, "1 when search_space or trials set 'seed' (the repeats set it)")
         check_bool(w, "trust_remote_code", self.trust_remote_code)
         metric, mode = self.objective
         check_choice(w, "mode", mode, ("min", "max"))
@@ -122,6 +152,8 @@ class Experiment:
         validate_space(entry.config_cls, space, self.fixed)
         validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k != "device"} if isinstance(t, dict) else t
                                            for t in self.trials], self.fixed)
+        if self.seeds > 1 and self.seed_in_recipe:  # the last repeat's seed must suit the recipe too
+            entry.config_cls(**{**self.fixed, "seed": self.repeat_seeds()[-1]})
         check_data = getattr(self.task, "check_data", None)
         if check_data:
             check_data()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .config import is_finite_number as _finite
 from .errors import ConfigError, SweeperError
-from .pareto import pareto_front
+from .noise import SEED_KEY, estimate, group_repeats, has_repeats, ties_with_best, tie_mark
+from .pareto import pareto_front, tied_with_front
 
 WHERE = "sweeper leaderboard"
 FORMATS = ("table", "md", "csv", "json", "html")
@@ -245,6 +246,7 @@ class Board:
     mixed: list[str] = field(default_factory=list)  # settings that differ (shown as columns)
     group_by: str | None = None
     fronts: list[tuple[str, str]] = field(default_factory=list)  # (column, cost metric) drawn
+    repeated: bool = False  # rows are configurations: mean ± std over their seeds
 
     @property
     def caption(self) -> str:
@@ -252,7 +254,9 @@ class Board:
         shown = ", ".join(f"{k}={self.settings[k]}" for k in SETTING_KEYS if k in self.settings)
         mixed = f"; differing (see columns): {', '.join(self.mixed)}" if self.mixed else ""
         unit = self.settings.get("unit")
-        return f"{self.metric} ({self.mode}{', ' + unit if unit else ''}) on {shown or 'unknown settings'}{mixed}"
+        noise = ("; per configuration: mean, ± sample std over its n seeds; ≈ tied = within 2 standard errors "
+                 "(sweeper.noise), ? = n < 2") if self.repeated else ""
+        return f"{self.metric} ({self.mode}{', ' + unit if unit else ''}) on {shown or 'unknown settings'}{mixed}{noise}"
 
     def groups(self) -> list[tuple[object, list[dict]]]:
         """Returns [(group value, rows)] in display order (one group, None, when ungrouped)."""
@@ -319,7 +323,13 @@ def _strip_type(msg: str) -> str:
 def build_board(records: list[dict], *, metric: str | None = None, mode: str | None = None,
                 group_by: str | None = None, allow_mixed: bool = False, top: int | None = None) -> Board:
     """Returns the Board of all trials of `records`: ranked by `metric` (mode min|max) within
-    each group, Pareto fronts marked; ERROR and non-finite trials last, unranked."""
+    each group, Pareto fronts marked; ERROR and non-finite trials last, unranked.
+
+    When some configuration ran under several seeds (`noise.has_repeats`), a row is a
+    configuration instead of a trial: each metric is its mean over the finished repeats,
+    with "± metric" (sample std) and "n"; rows rank by the mean; "tied_best" says whether
+    a row is within the noise of rank 1 and "<front>_tied" whether no row beats it beyond
+    the noise (`pareto.tied_with_front`); True / False / None (unknown: n < 2)."""
     if not records:
         raise ConfigError(WHERE, "SOURCE", None, "at least one source")
     seen: dict = {}
@@ -332,7 +342,10 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
             seen[k] = r.get("source")
     metric, mode = _resolve_objective(records, metric, mode)
     settings, mixed = check_settings(records, allow_mixed)
-    config_keys = _varying_config(records)
+    repeated = any(has_repeats(r["trials"]) for r in records)
+    if repeated and group_by == SEED_KEY:
+        raise ConfigError(WHERE, "--group-by", group_by, "a key other than seed (repeats over seeds are aggregated)")
+    config_keys = [k for k in _varying_config(records) if not (repeated and k == SEED_KEY)]
     if group_by and group_by not in FIXED_COLUMNS and group_by not in config_keys:
         known = {k for r in records for t in r["trials"] for k in t["config"]}
         if group_by not in known:
@@ -341,21 +354,35 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
         config_keys.append(group_by)
     shown = [metric] + [m for m in COST_METRICS if m != metric and any(m in t["metrics"] for r in records for t in r["trials"])]
 
-    rows = []
+    rows, noise = [], {}  # noise: id(row) -> {metric: Estimate} of a configuration row
     for r in records:
         base = r.get("baseline") or {}
-        for t in r["trials"]:
+        for unit in group_repeats(r["trials"]) if repeated else [[t] for t in r["trials"]]:
+            t = unit[0]
             row = {"rank": None, "experiment": r["experiment"], "model": r.get("model"), "recipe": r.get("recipe"),
                    "device": t["config"].get("device", r.get("device"))}
             row.update({k: t["config"].get(k) for k in config_keys})
             row.update({k: (r.get("eval_settings") or {}).get(k) for k in mixed})
+            done = [u for u in unit if u["status"] == "TERMINATED"]
+            if repeated:
+                noise[id(row)] = {m: estimate(u["metrics"].get(m) for u in done) for m in shown}
             for m in shown:
-                v, b = t["metrics"].get(m), base.get(m)
+                v, b = (noise[id(row)][m].mean if repeated else t["metrics"].get(m)), base.get(m)
                 row[m] = v
+                if repeated:
+                    row[f"± {m}"] = noise[id(row)][m].std
                 row[f"Δ {m}"] = v - b if _finite(v) and _finite(b) else None
                 row[f"Δ% {m}"] = 100.0 * (v - b) / b if _finite(v) and _finite(b) and b != 0 else None
-            row["trial_id"], row["status"] = t["trial_id"], t["status"]
-            row["error"] = _strip_type(t.get("error", ""))[:200] if t["status"] == "ERROR" else None
+            if repeated:
+                failed = [u for u in unit if u["status"] == "ERROR"]
+                row["n"], row["trial_ids"] = len(done), [u["trial_id"] for u in unit]
+                row["trial_id"] = ",".join(str(u["trial_id"]) for u in unit)
+                row["status"] = "TERMINATED" if done else "ERROR"
+                row["error"] = (f"{len(failed)} of {len(unit)} runs failed: " + _strip_type(failed[0].get("error", ""))[:160]
+                                if failed else None)
+            else:
+                row["trial_id"], row["status"] = t["trial_id"], t["status"]
+                row["error"] = _strip_type(t.get("error", ""))[:200] if t["status"] == "ERROR" else None
             if group_by:
                 row["group"] = row.get(group_by)
             rows.append(row)
@@ -366,13 +393,24 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
     for _, grp in Board(rows, [], metric, mode, {}).groups():
         ranked = [r for r in grp if r["status"] == "TERMINATED" and _finite(r[metric])]
         ranked.sort(key=lambda r: (sign * r[metric], r["experiment"], str(r["trial_id"])))
+        if repeated:  # against rank 1, before --top cuts
+            for r in grp:
+                r["tied_best"] = None
+            for r, tie in zip(ranked, ties_with_best([noise[id(r)][metric] for r in ranked], mode)):
+                r["tied_best"] = tie
         for col, cost in fronts:  # over every ranked trial, also those --top leaves out
             pts = [r for r in ranked if _finite(r.get(cost))]
             on = set(pareto_front([(r[metric], r[cost]) for r in pts], (mode, "min")))
             for r in grp:
                 r[col] = None
+                if repeated:
+                    r[f"{col}_tied"] = None
             for i, r in enumerate(pts):
                 r[col] = i in on
+            if repeated:
+                tied = tied_with_front([(noise[id(r)][metric], noise[id(r)][cost]) for r in pts], (mode, "min"))
+                for r, tie in zip(pts, tied):
+                    r[f"{col}_tied"] = tie
         if top is not None:
             ranked = ranked[:top]
         for i, r in enumerate(ranked, 1):
@@ -381,19 +419,23 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
                                                                  or not _finite(r[metric]))),
                       key=lambda r: (r["status"] != "ERROR", r["experiment"], str(r["trial_id"])))
         out += ranked + rest
-    columns = ["rank", "experiment", "model", "recipe", "device"] + config_keys + mixed
+    columns = ["rank", "experiment", "model", "recipe", "device"] + config_keys + mixed + (["n"] if repeated else [])
     for m in shown:
-        columns += [m, f"Δ {m}", f"Δ% {m}"]
-    columns += [col for col, _ in fronts] + ["trial_id", "status"]
+        columns += [m] + ([f"± {m}"] if repeated else []) + [f"Δ {m}", f"Δ% {m}"]
+    columns += (["tied_best"] if repeated else []) + [col for col, _ in fronts]
+    columns += [f"{col}_tied" for col, _ in fronts] if repeated else []
+    columns += ["trial_id", "status"]
     if any(r["error"] for r in out):
         columns.append("error")
-    return Board(out, columns, metric, mode, settings, mixed, group_by, fronts)
+    return Board(out, columns, metric, mode, settings, mixed, group_by, fronts, repeated)
 
 
 # ---------------------------------------------------------------- formats
 
 
 def _cell(v, fmt: str, col: str = "") -> str:
+    if (col == "tied_best" or col.endswith("_tied")) and fmt in ("table", "md", "html"):
+        return tie_mark(v)
     if v is None:
         return "" if fmt != "table" else "-"
     if isinstance(v, bool):

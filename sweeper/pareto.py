@@ -1,7 +1,10 @@
-"""Pareto fronts of trial metrics (pure Python, no numpy)."""
+"""Pareto fronts of trial metrics (pure Python, no numpy), and which points the noise
+between seeds leaves tied with the front."""
 from __future__ import annotations
 
 import math
+
+from .noise import Estimate, within_noise
 
 SENSES = ("min", "max")
 
@@ -60,3 +63,36 @@ def _front_2d(pts: list[tuple]) -> list[int]:
             front += [i for i in group if pts[i][1] == y_min]
             best_y = y_min
     return sorted(front)
+
+
+def dominates_beyond_noise(a: tuple[Estimate, ...], b: tuple[Estimate, ...], senses) -> bool | None:
+    """Returns whether `a` dominates `b` by more than the noise: a's means dominate b's
+    (`dominates`), and on some coordinate where a's mean is strictly better the two are
+    not `within_noise`. False when the means do not dominate or every better coordinate
+    is within the noise; None when that can't be told (a better coordinate without a
+    noise estimate, n < 2, and none separated)."""
+    if not dominates([e.mean for e in a], [e.mean for e in b], senses):
+        return False
+    unknown = False
+    for x, y in zip(a, b):
+        if x.mean == y.mean:
+            continue
+        tied = within_noise(x, y)
+        if tied is False:
+            return True
+        unknown = unknown or tied is None
+    return None if unknown else False
+
+
+def tied_with_front(points, senses) -> list[bool | None]:
+    """Returns, per point (a tuple of `Estimate`s, one per coordinate, each with a mean),
+    whether no other point dominates it beyond the noise (`dominates_beyond_noise`): True
+    for every point of the front of the means and for a point dominated only within the
+    noise ("tied with the front"), False for one some point dominates beyond the noise,
+    None when only dominators without a noise estimate remain. O(n²) comparisons."""
+    senses = tuple(senses)
+    out = []
+    for i, p in enumerate(points):
+        verdicts = [dominates_beyond_noise(q, p, senses) for j, q in enumerate(points) if j != i]
+        out.append(False if True in verdicts else None if None in verdicts else True)
+    return out

@@ -20,6 +20,7 @@ from .devices.jobspec import JobSpec
 from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
 from .experiment import Experiment
+from .noise import SEED_KEY, aggregate_configurations, has_repeats
 from .tracking import format_table, wandb_callback
 
 # Trials only relay metrics, so they hold no CPU a device worker could use: locally Ray is
@@ -75,8 +76,10 @@ def trial_main(config: dict, plan: dict) -> None:
     if known:  # deterministic failure seen on an earlier attempt: don't burn the device again
         raise RuntimeError(known)
     kind = config.get("device") or plan["device"]
-    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **{k: v for k, v in config.items() if k != "device"}},
-                    trial_id=trial_id)
+    # "seed" (a repeat's seed) seeds the job; it is a recipe field only where the recipe has one
+    job_keys = ("device",) if plan.get("seed_in_recipe", True) else ("device", SEED_KEY)
+    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **{k: v for k, v in config.items() if k not in job_keys}},
+                    trial_id=trial_id, seed=config.get(SEED_KEY))
     t0 = time.time()
     worker, worker_id, job_id, queued_s = ray.get(pool.submit.remote(kind, spec))
     # Trials may be started ahead of free workers; the wait for one is queueing, not overhead.
@@ -181,6 +184,52 @@ def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
     return space, points
 
 
+def repeat_space(exp: Experiment, space: dict) -> dict:
+    """Returns the param space that runs every configuration of `space`, sampled or fixed,
+    once per seed of exp.repeat_seeds(): `space` plus a grid over "seed" (unchanged when
+    exp.seeds == 1). Run it with constant_grid_search, so a sample's random values are drawn
+    once for all its seeds; its sample_from domains become `RepeatedDraw`s, since Tune draws
+    one that reads a grid value once per grid variant, each seed's included."""
+    if exp.seeds == 1:
+        return space
+    from ray import tune
+    from ray.tune.search import sample
+
+    out = {k: tune.sample_from(RepeatedDraw(v, exp.seeds)) if isinstance(v, sample.Function) else v
+           for k, v in space.items()}
+    out[SEED_KEY] = tune.grid_search(exp.repeat_seeds())
+    return out
+
+
+class RepeatedDraw:
+    """A sample_from function that draws `domain` (a Tune sample_from domain) once per
+    configuration and hands that draw to the configuration's other `seeds - 1` repeats.
+    A configuration is a variant's resolved values without its seed; Tune visits each one
+    once per seed in a sample, so after `seeds` calls its draw is dropped and the next
+    sample draws anew. A function that reads the seed itself gets the first seed's draw."""
+
+    def __init__(self, domain, seeds: int):
+        self.domain, self.seeds, self.draws = domain, seeds, {}
+
+    def __call__(self, spec):
+        from ray.tune.search import sample
+
+        # dict methods: Tune's guard raises on attribute reads of values not yet resolved
+        config = dict.get(spec, "config", spec)
+        resolved = {k: v for k, v in dict.items(config)
+                    if not isinstance(v, sample.Domain) and not (isinstance(v, dict) and "grid_search" in v)}
+        if SEED_KEY not in resolved:  # Tune's pass before the grid: not one repeat yet
+            return self.domain.sample(spec)
+        key = json.dumps({k: v for k, v in resolved.items() if k != SEED_KEY}, sort_keys=True, default=str)
+        if key not in self.draws:
+            self.draws[key] = [self.domain.sample(spec), self.seeds]
+        entry = self.draws[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.draws[key]
+        return entry[0]
+
+
 def resolve_kinds(exp: Experiment) -> dict:
     """Returns {name: DeviceKind} of the kinds the sweep runs on, in order. "all" means every
     kind some node can host (for ONNX recipes: with its execution provider there). Raises
@@ -232,11 +281,12 @@ def trial_resources(cluster: dict) -> dict:
     return {TRIAL_RESOURCE: 1} if cluster.get(TRIAL_RESOURCE, 0) >= 1 else {"cpu": 0.01}
 
 
-def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "") -> JobSpec:
-    """Returns the JobSpec of one trial of the plan (recipe_kwargs None: the FP32 baseline)."""
+def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "", seed: int | None = None) -> JobSpec:
+    """Returns the JobSpec of one trial of the plan (recipe_kwargs None: the FP32 baseline),
+    seeded with `seed` (None: the plan's seed)."""
     return JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"],
                    recipe=plan["recipe"] if recipe_kwargs is not None else None, recipe_kwargs=recipe_kwargs or {},
-                   seed=plan["seed"], trial_id=trial_id, trust_remote_code=plan["trust_remote_code"],
+                   seed=plan["seed"] if seed is None else seed, trial_id=trial_id, trust_remote_code=plan["trust_remote_code"],
                    plugins=plan["plugins"], model_format=plan["model_format"], onnx_opset=plan["onnx_opset"])
 
 
@@ -281,14 +331,14 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     names = list(kinds)
     print(f"[sweeper] {exp.name}: workers {', '.join(f'{n} x{c}' for n, c in workers.items())}, model {exp.model}, "
           f"recipe {exp.recipe}, task {type(exp.task).registered_name}, {exp.num_samples} sample(s) + "
-          f"{len(exp.trials)} fixed trial(s), objective {metric} {mode}", flush=True)
+          f"{len(exp.trials)} fixed trial(s){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}, objective {metric} {mode}", flush=True)
     pool = start_pool(workers, namespace, kinds=kinds, needs_provider=exp.model_format == "onnx")
 
     task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
     plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
             "device": names[0], "metric": metric, "trust_remote_code": exp.trust_remote_code,
-            "model_format": exp.model_format, "onnx_opset": exp.onnx_opset,
+            "model_format": exp.model_format, "onnx_opset": exp.onnx_opset, "seed_in_recipe": exp.seed_in_recipe,
             # absolute paths: workers may not share the driver's working directory
             "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
     t0 = time.time()
@@ -313,6 +363,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     param_space, points = fixed_trial_space(exp)
     if len(names) > 1 and "device" not in param_space and not any("device" in t for t in exp.trials):
         param_space["device"] = tune.grid_search(names)  # several kinds: compare them
+    param_space = repeat_space(exp, param_space)
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
                                   max_t=_max_reports(exp), reduction_factor=2)
@@ -340,7 +391,10 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
                 # made them (ASHA's rungs depend on it). Tune ignores max_concurrent_trials
                 # for a given BasicVariantGenerator.
                 search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=sum(workers.values()),
-                                                 points_to_evaluate=points or None),
+                                                 points_to_evaluate=points or None,
+                                                 # one random draw for all of a sample's grid variants:
+                                                 # the repeats of a configuration share its values
+                                                 constant_grid_search=exp.seeds > 1),
                 # A trial is a light relay: reusing its process saves ~3.5 s of actor start
                 # per trial, time the freed worker would otherwise sit idle.
                 reuse_actors=True),
@@ -351,6 +405,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     attempts = ray.get(pool.attempts.remote())
     summary = build_summary(exp, grid, baseline, stats, waits, attempts)
     summary["elapsed_s"] = round(time.time() - t0, 1)
+    summary["seeds"] = exp.seeds
     # seconds a freed worker waited for its next, already queued, job: dispatch latency
     summary["worker_idle_gap_s"] = ray.get(pool.idle_gap_times.remote())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -432,7 +487,7 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
     trials.sort(key=lambda t: (t["status"] != "TERMINATED",
                                sign * t["metrics"].get(metric, math.inf * sign) if _finite(t["metrics"].get(metric)) else math.inf))
     base_settings = baseline.get("eval_settings", {})
-    return {
+    summary = {
         "experiment": exp.name, "metric": metric, "mode": mode,
         "baseline": {k: v for k, v in baseline.items() if k != "eval_settings"},
         "eval_settings": base_settings,
@@ -444,6 +499,10 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
         "workers": {wid: s.get("counters", s) for wid, s in stats.items()},
         "job_start_wait_s": waits,
     }
+    if has_repeats(trials):  # mean ± std per configuration, ties within the noise marked
+        summary["configurations"] = aggregate_configurations(trials, metric, mode)
+        mark_size_front(summary["configurations"], metric, mode)
+    return summary
 
 
 
@@ -517,6 +576,54 @@ def size_front(summary: dict) -> list[str]:
     return [done[i]["trial_id"] for i in pareto_front(points, (mode, "min"))] if points else []
 
 
+def mark_size_front(configs: list[dict], metric: str, mode: str) -> None:
+    """Sets "pareto_size" (on the quality-vs-size front of the means) and "pareto_size_tied"
+    (no configuration beats it beyond the noise, `pareto.tied_with_front`) on each of the
+    aggregates `configs` that report a mean of `metric` and model_size_mb; None on the others."""
+    from .noise import as_estimate
+    from .pareto import pareto_front, tied_with_front
+
+    for c in configs:
+        c["pareto_size"] = c["pareto_size_tied"] = None
+    done = [c for c in configs if all(as_estimate(c["metrics"].get(k)).mean is not None for k in (metric, "model_size_mb"))]
+    points = [tuple(as_estimate(c["metrics"][k]) for k in (metric, "model_size_mb")) for c in done]
+    if not points:
+        return
+    front = set(pareto_front([tuple(e.mean for e in p) for p in points], (mode, "min")))
+    for i, (c, tied) in enumerate(zip(done, tied_with_front(points, (mode, "min")))):
+        c["pareto_size"], c["pareto_size_tied"] = i in front, tied
+
+
+def configuration_table(summary: dict) -> str:
+    """Returns the per-configuration table of a summary with "configurations": n finished
+    repeats, the objective's mean ± sample std, Δ% of the mean vs the FP32 baseline, whether
+    it is tied with the best (`noise.within_noise`), and, where sized, the size and the
+    quality-vs-size front ('*' on it, '≈' tied with it)."""
+    from .noise import as_estimate, format_estimate, tie_mark
+
+    metric, configs = summary["metric"], summary["configurations"]
+    base = summary["baseline"].get(metric)
+    keys = sorted({k for c in configs for k in c["config"]})
+    keys = [k for k in keys if len({json.dumps(c["config"].get(k), default=str) for c in configs}) > 1] or keys
+    sized = any(c.get("pareto_size") is not None for c in configs)
+    rows = []
+    for c in configs:
+        e = as_estimate(c["metrics"].get(metric))
+        row = {**c["config"], "n": f"{c['n']}" + (f" ({c['failed']} failed)" if c["failed"] else ""),
+               f"{metric} mean ± std": format_estimate(e), "tied with best": tie_mark(c["tied_with_best"]),
+               "size MB": format_estimate(as_estimate(c["metrics"].get("model_size_mb"))),
+               "front": "" if c.get("pareto_size") is None else "*" if c["pareto_size"] else tie_mark(c["pareto_size_tied"])}
+        if e.mean is not None and _finite(base):
+            row["Δ vs fp32 %"] = 100.0 * (e.mean - base) / base
+        rows.append(row)
+    cols = keys + ["n", f"{metric} mean ± std", "Δ vs fp32 %", "tied with best"] + (["size MB", "front"] if sized else [])
+    legend = ("mean ± sample std (ddof=1) over the n finished seeds; ≈ = tied: |Δ mean| <= 2·sqrt(s1²/n1 + s2²/n2) "
+              "(two standard errors), ? = a single finished run (no noise estimate)")
+    if sized:
+        legend += "\nfront: * on the quality-vs-size front of the means, ≈ dominated only within the noise"
+    return f"per configuration ({len(configs)}), best mean first:\n" + format_table(rows, cols) + "\n" + legend
+
+
 def summary_table(summary: dict) -> str:
     """Returns the trial table (sorted by the objective) with Δ vs the FP32 baseline, and,
     where trials report model_size_mb, the size and a '*' on the quality-vs-size front."""
@@ -546,4 +653,5 @@ def summary_table(summary: dict) -> str:
     settings = summary.get("eval_settings", {})
     caption = ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("dataset", "split", "context_length", "stride", "max_tokens", "dtype"))
     legend = "\n* = on the quality-vs-size Pareto front; size MB = graph plus external data, 2**20 bytes" if sized else ""
-    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + format_table(rows, cols) + legend
+    per_config = configuration_table(summary) + "\n\nruns:\n" if summary.get("configurations") else ""
+    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + per_config + format_table(rows, cols) + legend

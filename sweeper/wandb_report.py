@@ -19,7 +19,8 @@ def _cell(v):
 def log_leaderboard_run(project: str, rows: list[dict], columns: list[str], plot_path: str | Path | None,
                         run_dir: str | Path, name: str) -> str | None:
     """Logs a run named `name` in `project` (job_type "leaderboard") holding a wandb.Table
-    of `rows` (key "leaderboard", one row per trial, `columns` in order) and the PNG at
+    of `rows` (key "leaderboard", one row per trial, or per configuration with its mean and
+    "± metric" std columns when trials repeat over seeds; `columns` in order) and the PNG at
     `plot_path` as a wandb.Image (key "pareto"). Offline unless a W&B key is configured;
     WANDB_MODE=disabled logs nothing. Returns the run's folder (wandb/offline-run-* or
     wandb/run-* under `run_dir`), or None when disabled."""
@@ -46,7 +47,10 @@ def log_leaderboard_run(project: str, rows: list[dict], columns: list[str], plot
         if plot_path is not None and Path(plot_path).is_file():
             payload[PLOT_KEY] = wandb.Image(str(plot_path), caption=Path(plot_path).name)
         run.log(payload)
-        run.summary["n_trials"] = len(rows)
+        # a row is a trial, or (repeats over seeds) a configuration listing its trial_ids
+        run.summary["n_trials"] = sum(len(r.get("trial_ids") or [r]) for r in rows)
+        if "n" in columns:
+            run.summary["n_configurations"] = len(rows)
         out = str(Path(run.dir).parent)  # run.dir is the run's files/ folder
     finally:
         run.finish()

@@ -64,3 +64,30 @@ def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
 
     boards = [read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
     assert boards, "the sweep-level leaderboard run was not written"
+
+
+def test_seeds_repeat_every_configuration(ray_local, opt_small_dir, tmp_path):
+    # Two fixed trials, each run under seeds 0 and 1: the seed picks INT8 QDQ's calibration
+    # blocks (so its perplexity moves) and nothing in data-free RTN (so it must not).
+    rows = [{"algorithm": "int8_qdq", "bits": 8, "block_size": None},
+            {"algorithm": "rtn", "bits": 4, "block_size": 32}]
+    exp = Experiment(
+        name="onnx_seeds", model=str(opt_small_dir), recipe="onnx_ptq",
+        task=WikiText2PPL(max_tokens=2048, context_length=128, stride=128),
+        fixed={"calibration_samples": 2}, trials=rows, device="cpu", workers=1, num_samples=0,
+        scheduler="fifo", seeds=2, wandb_project="sweeper-tests",
+    )
+    s = run_experiment(exp, results_dir=tmp_path, verbose=0).summary
+    assert s["seeds"] == 2 and len(s["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in s["trials"])
+    runs = {}
+    for t in s["trials"]:
+        runs.setdefault(t["config"]["algorithm"], {})[t["config"]["seed"]] = t["metrics"]["wikitext2_ppl"]
+    assert {a: sorted(r) for a, r in runs.items()} == {"int8_qdq": [0, 1], "rtn": [0, 1]}
+    assert runs["int8_qdq"][0] != runs["int8_qdq"][1] and runs["rtn"][0] == runs["rtn"][1]
+    configs = {c["config"]["algorithm"]: c for c in s["configurations"]}
+    assert sorted(configs) == ["int8_qdq", "rtn"] and all(c["n"] == 2 for c in configs.values())
+    ppl = configs["int8_qdq"]["metrics"]["wikitext2_ppl"]
+    assert ppl["mean"] == pytest.approx(sum(runs["int8_qdq"].values()) / 2)
+    assert ppl["std"] == pytest.approx(abs(runs["int8_qdq"][0] - runs["int8_qdq"][1]) / math.sqrt(2))
+    assert configs["rtn"]["metrics"]["wikitext2_ppl"]["std"] == 0
+    assert "mean ± std" in (tmp_path / "onnx_seeds" / "summary.txt").read_text()
