@@ -245,6 +245,7 @@ def test_import_puts_an_entry_built_elsewhere_into_the_cache(ref_model_dir, tmp_
     with pytest.raises(ConfigError, match="readable safetensors"):
         zoo.import_entry(bad)
     (bad / "model.safetensors").unlink()
+    capsys.readouterr()  # drop the loading progress bars above
     assert main(["zoo", "import", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "missing: model.safetensors" in err

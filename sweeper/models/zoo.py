@@ -276,10 +276,12 @@ def import_entry(folder: str | Path, *, force: bool = False) -> tuple[Path, bool
     where = "zoo import"
     src = Path(folder).expanduser().resolve()
     if not src.is_dir():
-        raise ConfigError(where, "PATH", str(folder), "a folder holding a built zoo entry (card.json, model.safetensors, ...)")
+        raise ConfigError(where, "PATH", str(folder),
+                          "a folder holding a built zoo entry (card.json, model.safetensors, ...)")
     missing = [f for f in IMPORT_REQUIRED_FILES if not (src / f).is_file()]
     if missing:
-        raise ConfigError(where, "PATH", str(src), f"a folder with {', '.join(IMPORT_REQUIRED_FILES)} (missing: {', '.join(missing)})")
+        raise ConfigError(where, "PATH", str(src),
+                          f"a folder with {', '.join(IMPORT_REQUIRED_FILES)} (missing: {', '.join(missing)})")
     pickles = sorted(p.name for p in src.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
     if pickles:
         raise ConfigError(where, "PATH", str(src), f"safetensors weights only (found {', '.join(pickles)})")
@@ -287,15 +289,18 @@ def import_entry(folder: str | Path, *, force: bool = False) -> tuple[Path, bool
         card = json.loads((src / "card.json").read_text())
         name, card_hash = card["name"], card["spec_hash"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(where, "card.json", str(src / "card.json"), f"a zoo card with name and spec_hash ({type(exc).__name__})") from None
+        raise ConfigError(where, "card.json", str(src / "card.json"),
+                          f"a zoo card with name and spec_hash ({type(exc).__name__})") from None
     if name not in _ZOO:
         raise ConfigError(where, "card name", name, "one of " + ", ".join(zoo_names()))
     spec = _ZOO[name]
     if card_hash != spec.spec_hash():
         raise ConfigError(where, "card spec_hash", card_hash,
-                          f"{spec.spec_hash()}, the current spec of {name} (the entry was built from another spec or build version)")
+                          f"{spec.spec_hash()}, the current spec of {name} "
+                          "(the entry was built from another spec or build version)")
     if (src / MARKER).exists() and not is_complete(src):
-        raise ConfigError(where, "PATH", str(src), f"an entry whose files match its {MARKER} manifest (a file differs: changed or cut short in the copy?)")
+        raise ConfigError(where, "PATH", str(src), f"an entry whose files match its {MARKER} manifest "
+                          "(a file differs: changed or cut short in the copy?)")
     _check_config_matches(spec, src, where)
     _check_safetensors(src / "model.safetensors", where)
     dest = entry_path(spec)
@@ -332,7 +337,8 @@ def _check_safetensors(path: Path, where: str) -> None:
             if not list(f.keys()):
                 raise ValueError("no tensors")
     except Exception as exc:  # a truncated or foreign file: report it in the one line
-        raise ConfigError(where, "model.safetensors", str(path), f"a readable safetensors file ({type(exc).__name__})") from None
+        raise ConfigError(where, "model.safetensors", str(path),
+                          f"a readable safetensors file ({type(exc).__name__})") from None
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -451,7 +457,8 @@ class _DeterministicCuda:
         if self.on:
             # Read by cuBLAS when this process first creates its handle; set before any CUDA matmul.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            self.saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            self.saved = (torch.are_deterministic_algorithms_enabled(),
+                          torch.is_deterministic_algorithms_warn_only_enabled(),
                           torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -572,8 +579,10 @@ def _build_into(spec: ZooSpec, out: Path, log: Callable[[str], None], device) ->
                         best_loss, best_step = held, done
                         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 if done % every == 0 or done == spec.steps or time.perf_counter() - last_line >= _PROGRESS_SECONDS:
-                    held_note = f" held-out {selection[-1]['holdout_nll']:.3f}" if selection and selection[-1]["step"] == done else ""
-                    log(_progress_line(spec, done, lv, ema, sched.get_last_lr()[0], train_s, time.perf_counter() - t0) + held_note)
+                    fresh = selection and selection[-1]["step"] == done
+                    held_note = f" held-out {selection[-1]['holdout_nll']:.3f}" if fresh else ""
+                    log(_progress_line(spec, done, lv, ema, sched.get_last_lr()[0], train_s,
+                                       time.perf_counter() - t0) + held_note)
                     last_line = time.perf_counter()
             if best_state is not None:
                 model.load_state_dict(best_state)
