@@ -82,7 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     zb = zsub.add_parser("build", help="build (train) a reference model")
     zb.add_argument("name")
     zb.add_argument("--force", action="store_true", help="rebuild even if a complete entry exists")
-    zsub.add_parser("list", help="list built reference models")
+    # checked by zoo.resolve_device (one-line error), not argparse choices
+    zb.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when torch sees one); "
+                    "not part of the cache key, recorded in the card")
+    zsub.add_parser("list", help="list built reference models, and the registered ones not built yet")
+    zi = zsub.add_parser("import", help="copy a zoo entry built elsewhere (its cache folder) into this cache")
+    zi.add_argument("path", help="the entry's folder (card.json, model.safetensors, ...), e.g. copied from "
+                    "<cache>/zoo/NAME-HASH on a GPU machine")
+    zi.add_argument("--force", action="store_true", help="replace a complete entry already in the cache")
     # listed for --help only: main() hands its arguments to sweeper.leaderboard untouched
     sub.add_parser("leaderboard", help="rank the trials of several sweeps together (see: sweeper leaderboard -h)",
                    add_help=False)
@@ -157,18 +164,47 @@ def _cmd_zoo(args) -> int:
     if args.zoo_cmd == "build":
         if args.name not in zoo.zoo_names():
             raise ConfigError("sweeper zoo build", "NAME", args.name, ", ".join(zoo.zoo_names()))
-        path = zoo.build(args.name, force=args.force)
+        path = zoo.build(args.name, force=args.force, device=args.device)
         card = json.loads((path / "card.json").read_text())
         print(f"{args.name}: {path}\n  WikiText-2 test perplexity {card['wikitext2_test_ppl']:.2f} "
-              f"(unigram on the same tokenizer {card['unigram_ppl']:.2f}), built in {card['seconds']:.0f}s")
+              f"(unigram on the same tokenizer {card['unigram_ppl']:.2f}), built in {card['seconds']:.0f}s"
+              f"{_zoo_training_note(card)}")
+        return 0
+    if args.zoo_cmd == "import":
+        path, copied = zoo.import_entry(args.path, force=args.force)
+        card = json.loads((path / "card.json").read_text())
+        print(f"{card['name']}: {'imported into' if copied else 'already in the cache at'} {path}\n"
+              f"  WikiText-2 test perplexity {card['wikitext2_test_ppl']:.2f}{_zoo_training_note(card)}")
         return 0
     cards = zoo.list_built()
     if not cards:
         print("no reference models built yet; try: sweeper zoo build gpt2-ref")
     for c in cards:
+        counts = c.get("parameter_counts")
+        if counts is None and c["name"] in zoo.zoo_names() and c["spec_hash"] == zoo.get_spec(c["name"]).spec_hash():
+            counts = zoo.spec_parameter_counts(c["name"])  # a card written before cards recorded them
+        matmul = f" ({counts['matmul_fraction']:.0%} in matmuls)" if counts else ""
+        trained_on = c.get("device", {}).get("type", "cpu")
         print(f"{c['name']:12s} test ppl {c['wikitext2_test_ppl']:8.2f}  unigram {c['unigram_ppl']:8.2f}  "
-              f"params {c['parameter_count']:,}  trained on {c['training']['dataset']}/{c['training']['split']}  {c['path']}")
+              f"params {c['parameter_count']:,}{matmul}  trained on {c['training']['dataset']}/{c['training']['split']} "
+              f"({trained_on})  {c['path']}")
+    built_paths = {c["path"] for c in cards}
+    for name in zoo.zoo_names():
+        if str(zoo.entry_path(name)) not in built_paths:  # not built for the current spec
+            counts = zoo.spec_parameter_counts(name)
+            print(f"{name:12s} not built (sweeper zoo build {name})  params {counts['total']:,} "
+                  f"({counts['matmul_fraction']:.0%} in matmuls)")
     return 0
+
+
+def _zoo_training_note(card: dict) -> str:
+    """Returns '\n  trained on DEVICE (NAME): S s, T tokens/s; P parameters, F% in matmuls' for
+    cards that record them (older cards: '')."""
+    if "device" not in card:
+        return ""
+    dev, tr, counts = card["device"], card["training"], card["parameter_counts"]
+    return (f"\n  trained on {dev['type']} ({dev['name']}): {tr['seconds']:.0f}s, {tr['tokens_per_second']:,.0f} tokens/s; "
+            f"{counts['total']:,} parameters, {counts['matmul_fraction']:.0%} in matmuls")
 
 
 def main(argv: list[str] | None = None) -> int:
