@@ -398,14 +398,16 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     if best:
         kept = "; encodings in " + summary["best_encodings"] if summary.get("best_encodings") else ""
         print(f"[sweeper] best trial {best['trial_id']}: {metric}={best['metrics'].get(metric)}{kept}", flush=True)
-    out = Path(summary_path) if summary_path else run_dir / "summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, default=str))
-    out.with_suffix(".txt").write_text(table + "\n")
-    report_leaderboard(exp, summary, out, run_dir)
+    stored = run_dir / "summary.json"
+    out = Path(summary_path) if summary_path else stored
+    for f in {out, stored}:  # the storage always keeps one; --summary asks for one more
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(summary, indent=2, default=str))
+        f.with_suffix(".txt").write_text(table + "\n")
+    report_leaderboard(exp, summary, stored, run_dir)
     store.publish()
-    shown = store.where(out) if out.resolve().is_relative_to(run_dir.resolve()) else out
-    print(f"[sweeper] summary written to {shown} (table: {out.with_suffix('.txt').name})", flush=True)
+    also = f" and {out}" if out != stored else ""
+    print(f"[sweeper] summary written to {store.where(stored)}{also} (table: summary.txt beside it)", flush=True)
     print(f"[sweeper] results: {store.uri}", flush=True)
     return SweepResult(summary, run_dir, out, table, stats, storage=store.uri)
 

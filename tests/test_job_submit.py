@@ -57,7 +57,7 @@ def _stop_session(sid: int) -> None:
                 p.send_signal(sig)
             except psutil.Error:
                 pass
-        _, procs = psutil.wait_procs(procs, timeout=15)
+        _, procs = psutil.wait_procs(procs, timeout=5)
         if not procs:
             return
 
