@@ -137,11 +137,11 @@ def _cancel_callback(namespace: str):
     return CancelStoppedTrials()
 
 
-def cluster_env_vars() -> dict:
+def cluster_env_vars(extra: dict | None = None) -> dict:
     """Returns the environment every Ray worker of the sweep gets, on every node: this
-    process's data folder and model cache (when set) and its resolved W&B mode, less what
-    the Ray job's own runtime_env already sets (Ray refuses a key set twice; the job's
-    value is this process's value anyway)."""
+    process's data folder and model cache (when set), its resolved W&B mode and `extra`,
+    less what the Ray job's own runtime_env already sets (Ray refuses a key set twice; the
+    job's value is this process's value anyway)."""
     from .data.wikitext import pin_data_dirs
     from .tracking import wandb_mode
 
@@ -150,26 +150,23 @@ def cluster_env_vars() -> dict:
     for name in ("SWEEPER_DATA_DIR", "SWEEPER_CACHE_DIR"):
         if os.environ.get(name):
             env[name] = str(Path(os.environ[name]).expanduser().resolve())
-    from .models.zoo import SHARED_ZOO_ENV
-
-    if os.environ.get(SHARED_ZOO_ENV):
-        env[SHARED_ZOO_ENV] = os.environ[SHARED_ZOO_ENV]
+    env.update(extra or {})
     from .storage import job_env_vars
 
     taken = job_env_vars()
     return {k: v for k, v in env.items() if k not in taken}
 
 
-def init_ray(namespace: str) -> None:
+def init_ray(namespace: str, env: dict | None = None) -> None:
     """Connects to the Ray cluster in RAY_ADDRESS (as under `ray job submit`), or starts a
-    local one sized to this machine; either way the workers get `cluster_env_vars()`."""
+    local one sized to this machine; either way the workers get `cluster_env_vars(env)`."""
     import ray
 
     if ray.is_initialized():
         return
     from .devices.kinds import local_cpu_count
 
-    runtime_env = {"env_vars": cluster_env_vars()}
+    runtime_env = {"env_vars": cluster_env_vars(env)}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True, runtime_env=runtime_env)
     else:
@@ -178,16 +175,17 @@ def init_ray(namespace: str) -> None:
                  log_to_driver=True, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
 
 
-def share_reference_model(model: str, store) -> None:
+def share_reference_model(model: str, store) -> dict:
     """When the storage is shared (given as a URI) and `model` is a reference model: builds
     it here once and puts it on the storage, where every node's workers copy it from
-    instead of training it again (see zoo.SHARED_ZOO_ENV)."""
+    instead of training it again. Returns the workers' env var saying where ({} if not)."""
     from .models.zoo import SHARED_ZOO_ENV, publish_shared, zoo_names
 
     name = model[4:] if model.startswith("zoo:") else model
-    if store.shared and name in zoo_names():
-        publish_shared(name, store.zoo_uri, log=lambda line: print(f"[sweeper] {line}", flush=True))
-        os.environ[SHARED_ZOO_ENV] = store.zoo_uri
+    if not (store.shared and name in zoo_names()):
+        return {}
+    publish_shared(name, store.zoo_uri, log=lambda line: print(f"[sweeper] {line}", flush=True))
+    return {SHARED_ZOO_ENV: store.zoo_uri}
 
 
 def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
@@ -306,10 +304,10 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     store = open_store(results_dir, exp.name)  # before Ray starts: a bad path or URI is one line
     run_dir = store.local_dir
     print(f"[sweeper] results: {store.uri}", flush=True)
-    share_reference_model(exp.model, store)
+    shared_zoo = share_reference_model(exp.model, store)
     namespace = f"sweeper-{exp.name}-{uuid.uuid4().hex[:8]}"
     metric, mode = exp.objective
-    init_ray(namespace)
+    init_ray(namespace, shared_zoo)
     kinds = resolve_kinds(exp)
     trial_res = trial_resources(ray.cluster_resources())
     workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}

@@ -98,6 +98,8 @@ def test_driver_killed_after_first_trial_then_resumed(ref_model_dir, tmp_path):
     assert attempts[first_done[0]] == 0  # kept from before the crash, not rerun
     assert sorted(attempts.values()) == [0, 1, 1, 1]
     assert json.loads((run_dir / "summary.json").read_text())["trials"] == s["trials"]  # on the storage too
+    # a URI storage is shared: the reference model is put there for other nodes' workers
+    assert list((results / "zoo").glob("gpt2-ref-*/COMPLETE"))
 
     board = subprocess.run([sys.executable, "-m", "sweeper.cli", "leaderboard", f"{storage}/crash", "--format", "json"],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
