@@ -107,9 +107,8 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_resume(args) -> int:
-    from .sweep import run_experiment
-
     from .storage import holds_file, split_run_uri
+    from .sweep import run_experiment
 
     root, name = split_run_uri(args.results_dir)
     if not holds_file(args.results_dir, "tuner.pkl", where="sweeper resume", field="RESULTS"):

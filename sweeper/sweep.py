@@ -290,7 +290,9 @@ def run_baseline(pool, plan: dict) -> dict:
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, summary_path: str | Path | None = None,
                    resume: bool = False, verbose: int = 1) -> SweepResult:
     """Validates `exp`, runs its baseline and its sweep, prints the trial table; returns a
-    SweepResult and writes the summary JSON to `summary_path` (default results_dir/summary.json)."""
+    SweepResult. Everything goes under `results_dir`/NAME, where `results_dir` is the storage
+    root: a local path or a URI (None: ./results, or ~/sweeper-results under a Ray job); the
+    summary JSON goes there and also to `summary_path` when given."""
     exp.validate()
     import ray
     from ray import tune
