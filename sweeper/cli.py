@@ -53,15 +53,17 @@ def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke", action="store_true", help="a few short trials that finish in minutes on a laptop")
     p.add_argument("--num-samples", type=int, help="number of trials sampled from the search space")
-    p.add_argument("--summary", help="write the summary JSON here (default: RESULTS_DIR/NAME/summary.json)")
-    p.add_argument("--results-dir", default="results", help="where Tune writes trial folders (default ./results)")
+    p.add_argument("--summary", help="write the summary JSON here too (default: STORAGE/NAME/summary.json)")
+    p.add_argument("--storage", "--results-dir", dest="storage", metavar="PATH_OR_URI",
+                   help="where every result goes: a local or shared folder, or a URI Ray Tune's storage_path takes "
+                        "(s3://, gs://, file://); default ./results, or ~/sweeper-results under `ray job submit`")
     p.add_argument("--model", help="Hugging Face id, local path or reference model name (overrides the file)")
     p.add_argument("--device", help="device kind(s) of the workers: cpu, cuda, gcu, a comma list, or 'all' (overrides the file)")
     p.add_argument("--kinds", help="a YAML/JSON file of extra device kinds (another vendor's EP, TensorRT, ...)")
     p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
     p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
                    "show mean ± std and mark ties within the noise (overrides the file)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in RESULTS_DIR/NAME")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in STORAGE/NAME")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("experiment_file")
     _add_run_flags(run)
     res = sub.add_parser("resume", help="continue an interrupted sweep from its results folder")
-    res.add_argument("results_dir", help="the experiment's results folder (RESULTS_DIR/NAME)")
+    res.add_argument("results_dir", metavar="RESULTS", help="the experiment's results folder, a path or URI (STORAGE/NAME)")
     res.add_argument("experiment_file")
     res.add_argument("--summary")
     dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
@@ -114,19 +116,20 @@ def _cmd_run(args) -> int:
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
                            model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds,
                            seeds=args.seeds)
-    result = run_experiment(exp, results_dir=args.results_dir, summary_path=args.summary, resume=args.resume)
+    result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
 
 
 def _cmd_resume(args) -> int:
+    from .storage import holds_file, split_run_uri
     from .sweep import run_experiment
 
-    run_dir = Path(args.results_dir).resolve()
-    if not (run_dir / "tuner.pkl").is_file():
-        raise ConfigError("sweeper resume", "RESULTS_DIR", str(args.results_dir), "a sweep's results folder (it holds tuner.pkl)")
+    root, name = split_run_uri(args.results_dir)
+    if not holds_file(args.results_dir, "tuner.pkl", where="sweeper resume", field="RESULTS"):
+        raise ConfigError("sweeper resume", "RESULTS", str(args.results_dir), "a sweep's results folder or URI (it holds tuner.pkl)")
     exp = build_experiment(args.experiment_file)
-    exp.name = run_dir.name
-    run_experiment(exp, results_dir=run_dir.parent, summary_path=args.summary, resume=True)
+    exp.name = name
+    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True)
     return 0
 
 

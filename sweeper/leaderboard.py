@@ -48,6 +48,10 @@ def load_source(spec: str) -> list[dict]:
     """Returns the experiment records (dicts shaped like the summary JSON) of one source."""
     if spec.startswith("wandb:"):
         return load_wandb(spec[len("wandb:"):])
+    from .storage import is_uri
+
+    if is_uri(spec):
+        return load_uri(spec)
     p = Path(spec).expanduser()
     if p.is_file():
         return [load_summary(p)]
@@ -60,6 +64,35 @@ def load_source(spec: str) -> list[dict]:
     allowed = "a summary JSON file, a results folder (results/<experiment>), wandb:ENTITY/PROJECT or wandb:PATH"
     what = "SOURCE (no such file or folder)" if not p.exists() else "SOURCE"
     raise ConfigError(WHERE, what, spec, allowed)
+
+
+def _read_by_leaderboard(rel: str) -> bool:
+    """Whether a results folder's file is one the leaderboard reads (JSON and trial error
+    files; not checkpoints or W&B runs)."""
+    parts = rel.split("/")
+    if parts[0] == "wandb" or any(p.startswith("checkpoint_") for p in parts):
+        return False
+    return parts[-1].endswith(".json") or parts[-1] in ("error.txt", "error.pkl")
+
+
+def load_uri(spec: str) -> list[dict]:
+    """Returns the records of a summary JSON or results folder at a URI (s3://, gs://,
+    file://, ...): the files the leaderboard reads are copied to a temporary folder first,
+    and the records name the URI as their source."""
+    import tempfile
+
+    from .storage import fetch_tree
+
+    with tempfile.TemporaryDirectory(prefix="sweeper-leaderboard-") as tmp:
+        local = fetch_tree(spec, Path(tmp) / "source", _read_by_leaderboard, where=WHERE, field="SOURCE")
+        records = load_source(str(local))
+    uri = spec.rstrip("/")
+    for r in records:
+        r["source"] = r["source"].replace(str(local), uri, 1)
+        for t in r["trials"]:  # a results folder's trials name their (temporary) folders
+            if isinstance(t.get("path"), str):
+                t["path"] = t["path"].replace(str(local), uri, 1)
+    return records
 
 
 def load_summary(path: Path) -> dict:

@@ -37,6 +37,7 @@ class SweepResult:
     summary_path: Path | None = None
     table: str = ""
     worker_stats: dict = field(default_factory=dict)
+    storage: str = ""  # the experiment folder as a path or URI (results_dir is its local copy)
 
 
 def _flatten(metrics: dict) -> dict:
@@ -139,24 +140,55 @@ def _cancel_callback(namespace: str):
     return CancelStoppedTrials()
 
 
-def init_ray(namespace: str) -> None:
+def cluster_env_vars(extra: dict | None = None) -> dict:
+    """Returns the environment every Ray worker of the sweep gets, on every node: this
+    process's data folder and model cache (when set), its resolved W&B mode and `extra`,
+    less what the Ray job's own runtime_env already sets (Ray refuses a key set twice; the
+    job's value is this process's value anyway)."""
+    from .data.wikitext import pin_data_dirs
+    from .tracking import wandb_mode
+
+    pin_data_dirs()  # absolute: other nodes and workers do not share our working directory
+    env = {"WANDB_MODE": wandb_mode()}
+    for name in ("SWEEPER_DATA_DIR", "SWEEPER_CACHE_DIR"):
+        if os.environ.get(name):
+            env[name] = str(Path(os.environ[name]).expanduser().resolve())
+    env.update(extra or {})
+    from .storage import job_env_vars
+
+    taken = job_env_vars()
+    return {k: v for k, v in env.items() if k not in taken}
+
+
+def init_ray(namespace: str, env: dict | None = None) -> None:
     """Connects to the Ray cluster in RAY_ADDRESS (as under `ray job submit`), or starts a
-    local one sized to this machine."""
+    local one sized to this machine; either way the workers get `cluster_env_vars(env)`."""
     import ray
 
     if ray.is_initialized():
         return
-    from .data.wikitext import pin_data_dirs
     from .devices.kinds import local_cpu_count
 
-    pin_data_dirs()  # before Ray starts: its workers inherit this environment
-
+    runtime_env = {"env_vars": cluster_env_vars(env)}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True, runtime_env=runtime_env)
     else:
         # address="local": always a new local Ray, never one another process left running
         ray.init(address="local", num_cpus=local_cpu_count(), resources={TRIAL_RESOURCE: 10_000}, include_dashboard=False, namespace=namespace,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING")
+                 log_to_driver=True, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
+
+
+def share_reference_model(model: str, store) -> dict:
+    """When the storage is shared (given as a URI) and `model` is a reference model: builds
+    it here once and puts it on the storage, where every node's workers copy it from
+    instead of training it again. Returns the workers' env var saying where ({} if not)."""
+    from .models.zoo import SHARED_ZOO_ENV, publish_shared, zoo_names
+
+    name = model[4:] if model.startswith("zoo:") else model
+    if not (store.shared and name in zoo_names()):
+        return {}
+    publish_shared(name, store.zoo_uri, log=lambda line: print(f"[sweeper] {line}", flush=True))
+    return {SHARED_ZOO_ENV: store.zoo_uri}
 
 
 def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
@@ -256,29 +288,27 @@ def resolve_kinds(exp: Experiment) -> dict:
     return kinds
 
 
-def workers_for(exp: Experiment, kind, trial_res: dict) -> int:
+def workers_for(exp: Experiment, kind) -> int:
     """Returns how many workers of `kind` to start: exp.workers (per kind) or all the cluster
-    holds, leaving trials one CPU when they have no resource of their own."""
+    holds (trials hold no CPU, see trial_resources)."""
     import ray
 
     from .devices.kinds import capacity
-    from .errors import DeviceUnavailable
 
-    cluster = ray.cluster_resources()
-    room = capacity(kind, cluster)
-    if "cpu" in trial_res and kind.resources.get("CPU", 0) > 0:
-        # Trials hold a sliver of CPU here: leave them one core, or they could never start.
-        room = capacity(kind, {**cluster, "CPU": cluster.get("CPU", 0) - 1})
-        if room < 1:
-            raise DeviceUnavailable(f"the cluster's CPUs are all taken by '{kind.name}' workers and trials need some; "
-                               f"offer the '{TRIAL_RESOURCE}' resource on the head node (see cluster.yaml)")
+    room = capacity(kind, ray.cluster_resources())
     return min(exp.workers or room, room)
 
 
 def trial_resources(cluster: dict) -> dict:
     """Returns the Ray resources one trial actor holds: one TRIAL_RESOURCE unit where the
-    cluster offers it, else a hundredth of a CPU (then CPU workers leave a core's room)."""
-    return {TRIAL_RESOURCE: 1} if cluster.get(TRIAL_RESOURCE, 0) >= 1 else {"cpu": 0.01}
+    cluster offers it, else a thousandth of this node's `node:<ip>` resource. Either way no
+    CPU, so device workers get every core (a head started with a plain `ray start --head`
+    offers no TRIAL_RESOURCE), and trials stay on the driver's node, beside local storage."""
+    if cluster.get(TRIAL_RESOURCE, 0) >= 1:
+        return {TRIAL_RESOURCE: 1}
+    import ray
+
+    return {f"node:{ray.util.get_node_ip_address()}": 0.001}
 
 
 def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "", seed: int | None = None) -> JobSpec:
@@ -310,7 +340,9 @@ def run_baseline(pool, plan: dict) -> dict:
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, summary_path: str | Path | None = None,
                    resume: bool = False, verbose: int = 1) -> SweepResult:
     """Validates `exp`, runs its baseline and its sweep, prints the trial table; returns a
-    SweepResult and writes the summary JSON to `summary_path` (default results_dir/summary.json)."""
+    SweepResult. Everything goes under `results_dir`/NAME, where `results_dir` is the storage
+    root: a local path or a URI (None: ./results, or ~/sweeper-results under a Ray job); the
+    summary JSON goes there and also to `summary_path` when given."""
     exp.validate()
     import ray
     from ray import tune
@@ -319,15 +351,18 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
 
     from .config import to_dict
     from .devices.pool import start_pool
+    from .storage import open_store
 
-    storage = Path(results_dir or Path("results")).expanduser().resolve()
-    run_dir = storage / exp.name
+    store = open_store(results_dir, exp.name)  # before Ray starts: a bad path or URI is one line
+    run_dir = store.local_dir
+    print(f"[sweeper] results: {store.uri}", flush=True)
+    shared_zoo = share_reference_model(exp.model, store)
     namespace = f"sweeper-{exp.name}-{uuid.uuid4().hex[:8]}"
     metric, mode = exp.objective
-    init_ray(namespace)
+    init_ray(namespace, shared_zoo)
     kinds = resolve_kinds(exp)
     trial_res = trial_resources(ray.cluster_resources())
-    workers = {name: workers_for(exp, kind, trial_res) for name, kind in kinds.items()}
+    workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}
     names = list(kinds)
     print(f"[sweeper] {exp.name}: workers {', '.join(f'{n} x{c}' for n, c in workers.items())}, model {exp.model}, "
           f"recipe {exp.recipe}, task {type(exp.task).registered_name}, {exp.num_samples} sample(s) + "
@@ -349,7 +384,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
          "metric": metric,
          "mode": mode, "task": to_dict(exp.task), "model_format": exp.model_format}, indent=2, default=str))
     baseline_file = run_dir / "baseline.json"
-    if resume and baseline_file.is_file():
+    if resume and store.fetch(baseline_file.name):
         baseline = json.loads(baseline_file.read_text())
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} (kept from the interrupted run)", flush=True)
     else:
@@ -357,6 +392,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         baseline = run_baseline(pool, plan)
         run_dir.mkdir(parents=True, exist_ok=True)
         baseline_file.write_text(json.dumps(baseline, indent=2, default=str))
+        store.publish()  # a resume after a crash finds it there
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
 
     trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_res)
@@ -373,13 +409,13 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     wb = wandb_callback(exp.wandb_project, run_dir, group=exp.name)
     if wb is not None:
         callbacks.append(wb)
-    run_config = tune.RunConfig(name=exp.name, storage_path=str(storage), callbacks=callbacks, verbose=verbose,
+    run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                                 # each report carries the encodings; only the latest matters
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    if resume and tune.Tuner.can_restore(str(run_dir)):
-        print(f"[sweeper] resuming {run_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_errored=False)
+    if resume and tune.Tuner.can_restore(store.uri):
+        print(f"[sweeper] resuming {store.uri}", flush=True)
+        tuner = tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False)
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
@@ -409,7 +445,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     # seconds a freed worker waited for its next, already queued, job: dispatch latency
     summary["worker_idle_gap_s"] = ray.get(pool.idle_gap_times.remote())
     run_dir.mkdir(parents=True, exist_ok=True)
-    best = _export_best(summary, grid, run_dir)
+    best = _export_best(summary, grid, run_dir, store.where)
     summary["pareto_size"] = size_front(summary)
     summary["reports"] = device_reports(summary)
     table = summary_table(summary)
@@ -417,13 +453,18 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     if best:
         kept = "; encodings in " + summary["best_encodings"] if summary.get("best_encodings") else ""
         print(f"[sweeper] best trial {best['trial_id']}: {metric}={best['metrics'].get(metric)}{kept}", flush=True)
-    out = Path(summary_path) if summary_path else run_dir / "summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2, default=str))
-    out.with_suffix(".txt").write_text(table + "\n")
-    print(f"[sweeper] summary written to {out} (table: {out.with_suffix('.txt').name})", flush=True)
-    report_leaderboard(exp, summary, out, run_dir)
-    return SweepResult(summary, run_dir, out, table, stats)
+    stored = run_dir / "summary.json"
+    out = Path(summary_path) if summary_path else stored
+    for f in {out, stored}:  # the storage always keeps one; --summary asks for one more
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(summary, indent=2, default=str))
+        f.with_suffix(".txt").write_text(table + "\n")
+    report_leaderboard(exp, summary, stored, run_dir)
+    store.publish()
+    also = f" and {out}" if out != stored else ""
+    print(f"[sweeper] summary written to {store.where(stored)}{also} (table: summary.txt beside it)", flush=True)
+    print(f"[sweeper] results: {store.uri}", flush=True)
+    return SweepResult(summary, run_dir, out, table, stats, storage=store.uri)
 
 
 def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_dir: Path) -> None:
@@ -523,20 +564,23 @@ def _one_line(err) -> str:
     return (lines[-1] if lines else repr(err))[:500]
 
 
-def _export_best(summary: dict, grid, run_dir: Path) -> dict | None:
+def _export_best(summary: dict, grid, run_dir: Path, where=str) -> dict | None:
     metric = summary["metric"]
     done = [t for t in summary["trials"] if t["status"] == "TERMINATED" and _finite(t["metrics"].get(metric))]
     if not done:
         return None
     best = done[0]
     summary["best_trial"] = best["trial_id"]
-    src = Path(best["checkpoint"]) if best.get("checkpoint") else None
-    if src is not None and src.is_dir():
-        for f in src.iterdir():
-            if f.name.endswith(".json"):
-                dst = run_dir / f"best_{f.name}"
-                shutil.copyfile(f, dst)
-                summary["best_" + f.stem] = str(dst)
+    # the Checkpoint, not its path: on remote storage as_directory() downloads it
+    ckpt = next((r.checkpoint for r in grid if r.checkpoint is not None and best.get("checkpoint")
+                 and r.checkpoint.path == best["checkpoint"]), None)
+    if ckpt is not None:
+        with ckpt.as_directory() as src:
+            for f in Path(src).iterdir():
+                if f.name.endswith(".json"):
+                    dst = run_dir / f"best_{f.name}"
+                    shutil.copyfile(f, dst)
+                    summary["best_" + f.stem] = where(dst)
     return best
 
 

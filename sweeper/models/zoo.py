@@ -259,8 +259,16 @@ def build(name: str | ZooSpec, *, force: bool = False, device: str = "cpu",
     path = entry_path(spec)
     if not force and is_complete(path):
         return path
-    log(f"zoo: building {spec.name} on {torch_device} into {path}")
-    return build_once(path, lambda out: _build_into(spec, out, log, torch_device), force=force)
+    shared = os.environ.get(SHARED_ZOO_ENV)
+
+    def make(out: Path) -> None:
+        if shared and not force and fetch_shared(path.name, shared, out):
+            log(f"zoo: copied {spec.name} from {shared}")
+            return
+        log(f"zoo: building {spec.name} on {torch_device} into {path}")
+        _build_into(spec, out, log, torch_device)
+
+    return build_once(path, make, force=force)
 
 
 IMPORT_REQUIRED_FILES = ("card.json", "config.json", "model.safetensors", "tokenizer.json")
@@ -371,6 +379,46 @@ def spec_parameter_counts(spec: ZooSpec | str) -> dict:
     cls, cfg = _model_class_and_config(spec, spec.vocab_size, eos_id=0, pad_id=0)
     with torch.device("meta"):
         return parameter_counts(cls(cfg))
+
+
+# A folder URI (the sweep's storage) where built entries are shared by every node of a
+# cluster: set by the sweep for its workers, so a model is trained once per cluster.
+SHARED_ZOO_ENV = "SWEEPER_SHARED_ZOO"
+
+
+def fetch_shared(entry: str, shared_uri: str, out: Path) -> bool:
+    """Copies the shared copy of cache entry `entry` into `out` (not its COMPLETE marker);
+    returns True when a complete copy was there and its files match its marker's manifest,
+    False (and `out` emptied) otherwise."""
+    import shutil
+
+    from ..cache import MARKER, manifest
+    from ..storage import fetch_tree, read_bytes
+
+    marker = read_bytes(f"{shared_uri.rstrip('/')}/{entry}/{MARKER}")
+    if marker is None:
+        return False
+    fetch_tree(f"{shared_uri.rstrip('/')}/{entry}", out, lambda rel: rel != MARKER, where="zoo", field=SHARED_ZOO_ENV)
+    if manifest(out) == json.loads(marker):
+        return True
+    for p in list(out.iterdir()):  # a partial or changed upload: build it here instead
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return False
+
+
+def publish_shared(name: str | ZooSpec, shared_uri: str, log: Callable[[str], None] = print) -> str:
+    """Builds zoo model `name` here if needed and copies its cache entry to the folder
+    `shared_uri` unless a complete copy is there already (its marker is copied last);
+    returns the entry's URI."""
+    from ..cache import MARKER
+    from ..storage import read_bytes, upload_dir
+
+    path = build(name, log=log)
+    uri = f"{shared_uri.rstrip('/')}/{path.name}"
+    if read_bytes(f"{uri}/{MARKER}") != (path / MARKER).read_bytes():
+        upload_dir(path, uri, last=MARKER)
+        log(f"zoo: {path.name} shared at {uri}")
+    return uri
 
 
 # ----------------------------------------------------------------------------- building
