@@ -474,7 +474,7 @@ def _export_best(summary: dict, grid, run_dir: Path) -> dict | None:
     src = Path(best["checkpoint"]) if best.get("checkpoint") else None
     if src is not None and src.is_dir():
         for f in src.iterdir():
-            if f.name.endswith(".json"):
+            if f.suffix in (".json", ".onnx"):  # encodings, reports, a deployable graph
                 dst = run_dir / f"best_{f.name}"
                 shutil.copyfile(f, dst)
                 summary["best_" + f.stem] = str(dst)
