@@ -577,7 +577,7 @@ def _export_best(summary: dict, grid, run_dir: Path, where=str) -> dict | None:
     if ckpt is not None:
         with ckpt.as_directory() as src:
             for f in Path(src).iterdir():
-                if f.name.endswith(".json"):
+                if f.suffix in (".json", ".onnx"):  # encodings, reports, a deployable graph
                     dst = run_dir / f"best_{f.name}"
                     shutil.copyfile(f, dst)
                     summary["best_" + f.stem] = where(dst)

@@ -75,6 +75,9 @@ def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir,
     assert on_disk["trials"][0]["trial_id"] == s["best_trial"]
     enc = json.loads(Path(s["best_encodings"]).read_text())
     assert enc
+    # and its deployable graph, evaluated beside the sim
+    assert Path(s["best_model"]).name == "best_model.onnx" and Path(s["best_model"]).stat().st_size > 0
+    assert math.isfinite(on_disk["trials"][0]["metrics"]["deploy_wikitext2_ppl"])
 
 
 def test_smoke_experiment_quality(ray_local, ref_model_dir, tmp_path):

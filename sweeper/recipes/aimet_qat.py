@@ -216,14 +216,19 @@ def clamp_activation_ranges(sim_model, clamp_value: float) -> int:
 def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     """Builds an aimet QuantSim of a copy of `model`, calibrates it, clamps activation ranges,
     reports the PTQ result as epoch 0, fine-tunes for config.epochs epochs (reporting each),
-    exporting the encodings with every report (as its artifacts). Returns Quantized(model=sim.model, artifacts={"encodings.json":
-    aimet's exported encodings (format 1.0.0)}, reported=True, info={...})."""
+    exporting the encodings with every report (as its artifacts). The last report also
+    carries the deployed ONNX QDQ graph's metrics and files (aimet_export.evaluate_deployed):
+    deploy_<metric>, sim_deploy_gap_pct, model.onnx, deploy_gap_by_op.json (every report
+    carries them, so a trial stopped early by the scheduler has them too). Returns
+    Quantized(model=sim.model, artifacts={"encodings.json": aimet's exported encodings
+    (format 1.0.0), and the deployed graph's files}, reported=True, info={...})."""
     import torch
     from aimet_torch.common.defs import QuantScheme
     from aimet_torch.quantsim import QuantizationSimModel
 
     from ..models.conv1d import convert_conv1d_to_linear
     from ..tasks.perplexity import model_max_positions
+    from .aimet_export import evaluate_deployed
 
     if ctx.evaluate is None:
         raise ValueError(f"{WHERE}: the job has no evaluate function (ctx.evaluate is None)")
@@ -278,15 +283,27 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
             with open(os.path.join(tmp, "model.encodings"), "rb") as f:
                 return f.read()
 
-    def report(metrics: dict) -> bytes:
+    deploy_artifacts: dict[str, bytes] = {}
+
+    def report(metrics: dict, last: bool) -> bytes:
         # Every report carries its encodings: a scheduler may end the trial after any of
         # them, and the best trial's last report is the one whose encodings are exported.
+        # The deployed graph is measured with every report too, so a trial that the
+        # scheduler stops after any epoch still has its deploy_* numbers; the graph's files
+        # ride only the last planned report (the checkpoint keeps the latest artifacts).
         encodings = export_encodings()
-        ctx.report(metrics, {"encodings.json": encodings})
+        artifacts = {"encodings.json": encodings}
+        deploy_metrics, deployed_files = evaluate_deployed(sim.model, metrics, ctx, check_tokens=calib[0][:2])
+        metrics = {**metrics, **deploy_metrics}
+        artifacts.update(deployed_files)
+        if last:
+            deploy_artifacts.update(deployed_files)
+        ctx.log(f"aimet_qat: deployed QDQ graph (onnxruntime): {_short(deploy_metrics)}")
+        ctx.report(metrics, artifacts)
         return encodings
 
     metrics = ctx.evaluate(sim.model)
-    encodings = report({**metrics, "epoch": 0})
+    encodings = report({**metrics, "epoch": 0}, last=config.epochs == 0)
     ctx.log(f"aimet_qat: epoch 0 (PTQ after init): {_short(metrics)}; {n_clamped} activation ranges clamped")
 
     params = [p for p in sim.model.parameters() if p.requires_grad]
@@ -317,7 +334,7 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         train_loss = total / count
         train_losses.append(train_loss)
         metrics = ctx.evaluate(sim.model)
-        encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss})
+        encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss}, last=epoch == config.epochs)
         ctx.log(f"aimet_qat: epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, {_short(metrics)}")
 
     info = {
@@ -331,7 +348,8 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         "train_losses": train_losses,
         "encoding_version": "1.0.0",
     }
-    return Quantized(model=sim.model, artifacts={"encodings.json": encodings}, reported=True, info=info)
+    return Quantized(model=sim.model, artifacts={"encodings.json": encodings, **deploy_artifacts}, reported=True,
+                     info=info)
 
 
 def _short(metrics: dict) -> str:
