@@ -76,11 +76,10 @@ def test_qat_w8a8(tiny_gpt2, tiny_tokenizer):
     assert first_act is not None and first_act.is_initialized() and not first_act.symmetric
 
     assert [r["epoch"] for r in reports] == [0, 1]
-    # every report carries its encodings (a scheduler may stop the trial after any of them);
-    # the last one also the deployed graph, evaluated (tests/test_aimet_deploy.py)
-    assert [r["_artifacts"] for r in reports] == [["encodings.json"],
-                                                  ["deploy_gap_by_op.json", "encodings.json", "model.onnx"]]
-    assert "deploy_wikitext2_ppl" not in reports[0] and abs(reports[1]["sim_deploy_gap_pct"]) < 0.5
+    # every report carries its encodings and its deployed graph, evaluated (a scheduler may
+    # stop the trial after any of them; tests/test_aimet_deploy.py checks the graph)
+    assert [r["_artifacts"] for r in reports] == [["deploy_gap_by_op.json", "encodings.json", "model.onnx"]] * 2
+    assert all(abs(r["sim_deploy_gap_pct"]) < 0.5 and math.isfinite(r["deploy_wikitext2_ppl"]) for r in reports)
     for r in reports:
         assert math.isfinite(r["wikitext2_ppl"]) and 1 < r["wikitext2_ppl"] < 10 * len(tiny_tokenizer)
         assert r["eval_settings"]["context_length"] == 64
@@ -103,7 +102,7 @@ def test_qat_w8a8(tiny_gpt2, tiny_tokenizer):
     assert len(c_attn) == 1 and c_attn[0]["is_sym"] and c_attn[0]["bw"] == 8
     assert sum(n.startswith("lm.transformer.h.") and ".weight" in n and ("c_" in n) for n in params) == 8
     assert not any("bias" in name for name in params)
-    assert len(logs) == 3  # epoch 0, epoch 1, the deployed graph
+    assert len(logs) == 4  # epoch 0, epoch 1, the deployed graph after each
 
 
 def test_clamped_init_and_fixed_ranges(tiny_gpt2, tiny_tokenizer):
