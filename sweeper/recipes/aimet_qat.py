@@ -72,6 +72,9 @@ class AimetQATConfig:
     steps_per_epoch: optimizer steps per epoch (None: one pass over the training blocks).
     calibration_batches: batches used by compute_encodings.
     seed: shuffling and torch seed.
+    deploy_kind: the device kind the exported QDQ graph is evaluated on (deploy_* metrics);
+        None: the job's own kind. A GPU trial whose node has no onnxruntime CUDA provider can
+        still measure its deployable graph with deploy_kind="cpu" (the metrics say where).
     """
 
     quant_scheme: str = "range_learning_tf"
@@ -89,6 +92,7 @@ class AimetQATConfig:
     steps_per_epoch: int | None = None
     calibration_batches: int = 8
     seed: int = 0
+    deploy_kind: str | None = None
 
     def __post_init__(self):
         check_choice(WHERE, "quant_scheme", self.quant_scheme, tuple(QUANT_SCHEMES))
@@ -109,6 +113,8 @@ class AimetQATConfig:
             check_int(WHERE, "steps_per_epoch", self.steps_per_epoch, 1, 1 << 40)
         check_int(WHERE, "calibration_batches", self.calibration_batches, 1, 10000)
         check_int(WHERE, "seed", self.seed, -(1 << 63), (1 << 63) - 1)
+        if self.deploy_kind is not None and (not isinstance(self.deploy_kind, str) or not self.deploy_kind):
+            raise ConfigError(WHERE, "deploy_kind", self.deploy_kind, "a device kind's name, e.g. 'cpu'")
 
 
 def quantsim_config_dict(config: AimetQATConfig) -> dict:
@@ -293,7 +299,8 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         # ride only the last planned report (the checkpoint keeps the latest artifacts).
         encodings = export_encodings()
         artifacts = {"encodings.json": encodings}
-        deploy_metrics, deployed_files = evaluate_deployed(sim.model, metrics, ctx, check_tokens=calib[0][:2])
+        deploy_metrics, deployed_files = evaluate_deployed(sim.model, metrics, ctx, check_tokens=calib[0][:2],
+                                                            kind=config.deploy_kind)
         metrics = {**metrics, **deploy_metrics}
         artifacts.update(deployed_files)
         if last:
