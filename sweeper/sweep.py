@@ -415,7 +415,9 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if resume and tune.Tuner.can_restore(store.uri):
         print(f"[sweeper] resuming {store.uri}", flush=True)
-        tuner = tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False)
+        # the same space again: Tune re-creates its sample_from resolvers only from a space
+        # it is given, and trials made after the resume would keep their placeholders
+        tuner = tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False, param_space=param_space)
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
