@@ -64,6 +64,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
                    "show mean ± std and mark ties within the noise (overrides the file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in STORAGE/NAME")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: run the trials that ended in ERROR again, from scratch")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("results_dir", metavar="RESULTS", help="the experiment's results folder, a path or URI (STORAGE/NAME)")
     res.add_argument("experiment_file")
     res.add_argument("--summary")
+    res.add_argument("--retry-errored", action="store_true", help="run the trials that ended in ERROR again, from scratch")
     dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
     dev.add_argument("--kinds", help="a YAML/JSON file of extra device kinds to list too")
     dev.add_argument("--json", action="store_true")
@@ -116,7 +119,8 @@ def _cmd_run(args) -> int:
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
                            model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds,
                            seeds=args.seeds)
-    result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume)
+    result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume,
+                            retry_errored=args.retry_errored)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
 
 
@@ -129,7 +133,7 @@ def _cmd_resume(args) -> int:
         raise ConfigError("sweeper resume", "RESULTS", str(args.results_dir), "a sweep's results folder or URI (it holds tuner.pkl)")
     exp = build_experiment(args.experiment_file)
     exp.name = name
-    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True)
+    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True, retry_errored=args.retry_errored)
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .devices.jobspec import JobSpec
 from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
+from .errors import ConfigError
 from .experiment import Experiment
 from .noise import SEED_KEY, aggregate_configurations, has_repeats
 from .tracking import format_table, wandb_callback
@@ -338,11 +339,14 @@ def run_baseline(pool, plan: dict) -> dict:
 
 
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, summary_path: str | Path | None = None,
-                   resume: bool = False, verbose: int = 1) -> SweepResult:
+                   resume: bool = False, retry_errored: bool = False, verbose: int = 1) -> SweepResult:
     """Validates `exp`, runs its baseline and its sweep, prints the trial table; returns a
     SweepResult. Everything goes under `results_dir`/NAME, where `results_dir` is the storage
     root: a local path or a URI (None: ./results, or ~/sweeper-results under a Ray job); the
-    summary JSON goes there and also to `summary_path` when given."""
+    summary JSON goes there and also to `summary_path` when given. `resume` continues the
+    sweep found there (finished trials kept); `retry_errored` also starts its ERROR trials again."""
+    if retry_errored and not resume:
+        raise ConfigError("sweep", "retry_errored", True, "only with resume (--resume): there is nothing to retry in a new sweep")
     exp.validate()
     import ray
     from ray import tune
@@ -417,7 +421,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         print(f"[sweeper] resuming {store.uri}", flush=True)
         # the same space again: Tune re-creates its sample_from resolvers only from a space
         # it is given, and trials made after the resume would keep their placeholders
-        tuner = tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False, param_space=param_space)
+        tuner = tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False,
+                                   restart_errored=retry_errored, param_space=param_space)
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
