@@ -166,6 +166,8 @@ def load_results_dir(run_dir: Path) -> dict:
     raw_base = _read_json(run_dir / "baseline.json") if (run_dir / "baseline.json").is_file() else {}
     trials = []
     for d in sorted(t for t in run_dir.iterdir() if t.is_dir() and (t / "params.json").is_file()):
+        if statuses and d.name not in statuses:
+            continue  # a trial the sweep no longer holds: `--retry-errored` ran it again as a new trial
         last = _last_result(d / "result.json")
         err = _error_text(d)
         # ResultGrid reports an error only for a trial Tune did not finish (a retried one
