@@ -103,9 +103,14 @@ class Experiment:
 
     def trial_task_fields(self) -> list[str]:
         """Returns the task fields that the search space or the fixed trials set per trial
-        (e.g. GLUE's `task`), in the task config's field order."""
+        (e.g. GLUE's `task`), in the task config's field order. A name that is also a field
+        of the recipe (batch_size, seed) stays the recipe's."""
+        from .registry import RECIPES, ensure_builtin_registered
+
+        ensure_builtin_registered()
+        recipe = {f.name for f in dataclasses.fields(RECIPES.get(self.recipe).config_cls)}
         keys = set(self.search_space) | {k for t in self.trials if isinstance(t, dict) for k in t}
-        return [f.name for f in dataclasses.fields(self.task) if f.name in keys]
+        return [f.name for f in dataclasses.fields(self.task) if f.name in keys and f.name not in recipe]
 
     @property
     def objective(self) -> tuple[str, str]:

@@ -100,18 +100,21 @@ def _pad_id(tokenizer) -> int:
     return pad
 
 
-def encoded_task(tokenizer, config: GlueTask, ctx=None) -> dict:
-    """Returns {"train": (ids, labels, note), "eval": [(split name, ids, labels, note)], "sources"}
-    for the task, tokenized; cached on the worker (ctx.cached) by tokenizer, task and length."""
+def encoded_task(tokenizer, config: GlueTask, ctx=None, part: str = "eval"):
+    """Returns the task's tokenized rows, cached on the worker (ctx.cached) by tokenizer,
+    task, length and part: part "train" gives (ids, labels, note, source, skipped rows) of
+    the training split; "eval" gives [(split name, ids, labels, note, source, skipped)] of
+    the scored splits. Only the part asked for is tokenized."""
     def build():
         train, evals = task_splits(config.task)
-        return {"train": (encode(tokenizer, train, config.max_length), list(train.labels), train.note, train.source,
-                          train.skipped),
-                "eval": [(s.split, encode(tokenizer, s, config.max_length), list(s.labels), s.note, s.source, s.skipped)
-                         for s in evals]}
+        if part == "train":
+            return (encode(tokenizer, train, config.max_length), list(train.labels), train.note, train.source,
+                    train.skipped)
+        return [(s.split, encode(tokenizer, s, config.max_length), list(s.labels), s.note, s.source, s.skipped)
+                for s in evals]
 
     key = ("glue-tokens", getattr(tokenizer, "name_or_path", id(tokenizer)), len(tokenizer), config.task,
-           config.max_length)
+           config.max_length, part)
     return ctx.cached(key, build) if ctx is not None else build()
 
 
@@ -119,8 +122,7 @@ def training_rows(tokenizer, config: GlueTask, ctx=None) -> tuple[list, list, di
     """Returns (token id rows, labels, settings) of the task's training data: the release's
     train split (or the dev half, see data.dev_halves), sampled to config.max_train_rows
     rows with config.seed; settings says which and how many."""
-    enc = encoded_task(tokenizer, config, ctx)
-    ids, labels, note, source, _ = enc["train"]
+    ids, labels, note, source, _ = encoded_task(tokenizer, config, ctx, "train")
     idx = list(range(len(ids)))
     if config.max_train_rows is not None and config.max_train_rows < len(idx):
         idx = sorted(random.Random(config.seed).sample(idx, config.max_train_rows))
@@ -189,14 +191,14 @@ def glue_evaluate(model, config: GlueTask, ctx) -> dict:
 
     device = ctx.device if isinstance(ctx.device, torch.device) else torch.device(ctx.device)
     info = task_info(config.task)
-    enc = encoded_task(ctx.tokenizer, config, ctx)
+    evals = encoded_task(ctx.tokenizer, config, ctx, "eval")
     was_training = getattr(model, "training", False)
     model.eval()
     metrics, rows, settings = {}, 0, {"task": config.task, "max_length": config.max_length,
                                       "batch_size": config.batch_size, "max_eval_rows": config.max_eval_rows,
                                       "unit": "percent", "splits": {}}
     try:
-        for split, ids, labels, note, source, skipped in enc["eval"]:
+        for split, ids, labels, note, source, skipped in evals:
             if config.max_eval_rows is not None:
                 ids, labels = ids[: config.max_eval_rows], labels[: config.max_eval_rows]
             preds = predict(model, ids, _pad_id(ctx.tokenizer), config.batch_size, device, info.is_regression,
