@@ -105,14 +105,6 @@ def _tiny_classifier(tok, num_labels):
     return RobertaForSequenceClassification(cfg).eval()
 
 
-@pytest.fixture(scope="module")
-def roberta_tok(data_dir):
-    from sweeper.data import load_wikitext
-    from sweeper.models.encoder import train_roberta_tokenizer
-
-    return train_roberta_tokenizer(load_wikitext("wikitext-2-v1", "validation").text[:100_000], 400, max_length=64)
-
-
 def _score(task, tok, max_eval_rows=24):
     cfg = GlueTask(task=task, max_length=64, batch_size=8, max_eval_rows=max_eval_rows)
     ctx = JobContext(device=torch.device("cpu"), tokenizer=tok)

@@ -18,11 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tok(data_dir):
-    from sweeper.data import load_wikitext
-    from sweeper.models.encoder import train_roberta_tokenizer
-
-    return train_roberta_tokenizer(load_wikitext("wikitext-2-v1", "validation").text[:100_000], 400, max_length=64)
+def tok(roberta_tok):
+    return roberta_tok
 
 
 @pytest.fixture(scope="module")
