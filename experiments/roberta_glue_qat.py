@@ -10,6 +10,7 @@ W8A8, columns the eight tasks and their average; `n/a (reason)` where a task has
 
     python experiments/roberta_glue_qat.py --task all --smoke     # minutes on 2 CPU cores
     python experiments/roberta_glue_qat.py --task rte
+    python experiments/roberta_glue_qat.py --task rte,cola --smoke   # a few tasks, one sweep
     ray job submit --working-dir . -- python experiments/roberta_glue_qat.py --task all --device cuda
 
 The model of task T is the reference classifier `roberta-ref-T` (`sweeper zoo build
@@ -64,7 +65,7 @@ def experiment(smoke: bool = False, task: str | None = None) -> Experiment:
     glue = GlueTask(task=names[0], max_length=64, batch_size=64,
                     max_train_rows=1000 if smoke else None)  # smoke: a seeded 1000-row sample, in the settings
     return Experiment(
-        name=("roberta_glue_qat_smoke" if smoke else "roberta_glue_qat") + ("" if len(names) > 1 else f"_{names[0]}"),
+        name=("roberta_glue_qat_smoke" if smoke else "roberta_glue_qat") + ("" if task == "all" else "_" + "_".join(names)),
         model=classifier_name(names[0]),
         recipe="aimet_qat",
         task=glue,
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.environ[TASK_ENV] = args.task
-    summary = args.summary or os.path.abspath(f"roberta_glue_qat_{args.task}{'_smoke' if '--smoke' in rest else ''}.summary.json")
+    summary = args.summary or os.path.abspath(f"roberta_glue_qat_{args.task.replace(',', '_')}{'_smoke' if '--smoke' in rest else ''}.summary.json")
     from sweeper.cli import main_for_experiment_file
 
     rc = main_for_experiment_file(__file__, rest + ["--summary", summary])

@@ -14,15 +14,18 @@ AVG = "Avg"
 
 def runnable_tasks(task: str) -> tuple[list[str], dict[str, str]]:
     """Returns (tasks to run, {task: one-line reason} for the tasks left out) for a task
-    name or "all" (every task whose dev split is found; the others are left out with the
+    name, a comma list of names, or "all" (every task whose dev split is found; the others are left out with the
     reason). A named task that is unknown raises ConfigError; one without data, or "all"
     with no task at all, raises DataNotFoundError (one line)."""
     from .tasks.glue.data import TASK_NAMES, check_task_data
 
-    if task != "all" and task not in TASK_NAMES:
-        raise ConfigError("roberta_glue_qat", "--task", task, "one of " + ", ".join(TASK_NAMES) + ", or all")
+    asked = TASK_NAMES if task == "all" else tuple(task.split(","))
+    for t in asked:
+        if t not in TASK_NAMES:
+            raise ConfigError("roberta_glue_qat", "--task", task, "one of " + ", ".join(TASK_NAMES) +
+                              ", a comma list of them, or all")
     names, missing = [], {}
-    for t in (TASK_NAMES if task == "all" else (task,)):
+    for t in asked:
         try:
             check_task_data(t)
             names.append(t)
