@@ -173,6 +173,9 @@ def _cmd_zoo(args) -> int:
             raise ConfigError("sweeper zoo build", "NAME", args.name, ", ".join(zoo.zoo_names()))
         path = zoo.build(args.name, force=args.force, device=args.device)
         card = json.loads((path / "card.json").read_text())
+        if "wikitext2_test_ppl" not in card:  # an encoder: its card holds MLM loss or GLUE dev metrics
+            print(f"{args.name}: {path}\n  {_encoder_note(card)}, built in {card['seconds']:.0f}s")
+            return 0
         print(f"{args.name}: {path}\n  WikiText-2 test perplexity {card['wikitext2_test_ppl']:.2f} "
               f"(unigram on the same tokenizer {card['unigram_ppl']:.2f}), built in {card['seconds']:.0f}s"
               f"{_zoo_training_note(card)}")
@@ -187,6 +190,9 @@ def _cmd_zoo(args) -> int:
     if not cards:
         print("no reference models built yet; try: sweeper zoo build gpt2-ref")
     for c in cards:
+        if "wikitext2_test_ppl" not in c:
+            print(f"{c['name']:12s} {_encoder_note(c)}  {c['path']}")
+            continue
         counts = c.get("parameter_counts")
         if counts is None and c["name"] in zoo.zoo_names() and c["spec_hash"] == zoo.get_spec(c["name"]).spec_hash():
             counts = zoo.spec_parameter_counts(c["name"])  # a card written before cards recorded them
@@ -228,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     except SweeperError as exc:
         print(f"sweeper: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _encoder_note(card: dict) -> str:
+    """Returns one line about an encoder zoo card: the GLUE dev metrics of a fine-tuned
+    classifier (percent), or the masked-LM training loss of a base encoder."""
+    if "dev_metrics" in card:
+        return f"GLUE {card['task']} dev: " + ", ".join(f"{k} {v:.2f}" for k, v in card["dev_metrics"].items()
+                                                      if isinstance(v, float) and k != "glue_score")
+    return f"masked-LM training loss {card['training']['final_loss_avg']:.3f} (nats/token)"
 
 
 def main_for_experiment_file(path: str, argv: list[str] | None = None) -> int:

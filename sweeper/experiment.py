@@ -101,6 +101,17 @@ class Experiment:
             base = self.seed
         return [base + i for i in range(self.seeds)]
 
+    def trial_task_fields(self) -> list[str]:
+        """Returns the task fields that the search space or the fixed trials set per trial
+        (e.g. GLUE's `task`), in the task config's field order. A name that is also a field
+        of the recipe (batch_size, seed) stays the recipe's."""
+        from .registry import RECIPES, ensure_builtin_registered
+
+        ensure_builtin_registered()
+        recipe = {f.name for f in dataclasses.fields(RECIPES.get(self.recipe).config_cls)}
+        keys = set(self.search_space) | {k for t in self.trials if isinstance(t, dict) for k in t}
+        return [f.name for f in dataclasses.fields(self.task) if f.name in keys and f.name not in recipe]
+
     @property
     def objective(self) -> tuple[str, str]:
         """Returns (metric name, "min" | "max")."""
@@ -148,16 +159,46 @@ class Experiment:
         check_choice(w, "mode", mode, ("min", "max"))
         if metric != self.task.metric:
             raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
-        space = {k: v for k, v in self.search_space.items() if k != "device"}
+        job_keys = ("device", "model", "recipe", *self.trial_task_fields())
+        space = {k: v for k, v in self.search_space.items() if k not in job_keys}
         validate_space(entry.config_cls, space, self.fixed)
-        validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k != "device"} if isinstance(t, dict) else t
+        validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k not in job_keys}
+                                           if isinstance(t, dict) and t.get("recipe", self.recipe) else {}
                                            for t in self.trials], self.fixed)
+        tasks = validate_job_keys(self)
         if self.seeds > 1 and self.seed_in_recipe:  # the last repeat's seed must suit the recipe too
             entry.config_cls(**{**self.fixed, "seed": self.repeat_seeds()[-1]})
-        check_data = getattr(self.task, "check_data", None)
-        if check_data:
-            check_data()
+        for task in tasks:
+            check_data = getattr(task, "check_data", None)
+            if check_data:
+                check_data()
         return self
+
+
+def validate_job_keys(exp: Experiment) -> list:
+    """Checks the per-trial values of "recipe" (the experiment's recipe, or None for the FP32
+    model), "model" (loadable here) and of task fields (each builds a valid task config);
+    returns the task configs the trials run (the experiment's task first). Raises ConfigError."""
+    from .models.loading import check_model_available
+
+    def values(key):
+        out = list(_domain_values(key, exp.search_space[key])) if key in exp.search_space else []
+        return out + [t[key] for t in exp.trials if isinstance(t, dict) and key in t]
+
+    for v in values("recipe"):
+        if v not in (exp.recipe, None):
+            raise ConfigError("search_space", "recipe", v, f"{exp.recipe!r} or None (the FP32 model)")
+    for v in values("model"):
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError("search_space", "model", v, "a Hugging Face id, a local path or a reference model name")
+        check_model_available(v)
+    tasks = [exp.task]
+    for key in exp.trial_task_fields():
+        for v in values(key):
+            t = dataclasses.replace(exp.task, **{key: v})
+            if t not in tasks:
+                tasks.append(t)
+    return tasks
 
 
 def validate_devices(self: Experiment) -> None:

@@ -26,6 +26,7 @@ class JobContext:
     train_text: Any = None  # TextSplit used for calibration / fine-tuning
     kind: Any = None  # the worker's devices.kinds.DeviceKind (ONNX Runtime providers); None: cpu
     workdir: Any = None  # a folder private to this job, removed when it ends (quantized graphs)
+    task: Any = None  # the job's task config (recipes that train on the task's own data read it)
 
 
 @dataclass

@@ -29,7 +29,7 @@ FORMATS = ("table", "md", "csv", "json", "html")
 # Settings that change the numbers: trials measured under different ones are not comparable.
 SETTING_KEYS = ("dataset", "split", "context_length", "stride", "max_tokens", "dtype")
 # Direction of metrics a source may not record (results folders, W&B runs).
-KNOWN_MODES = {"wikitext2_ppl": "min", "wikitext2_nll": "min", "model_size_mb": "min", "latency_ms": "min",
+KNOWN_MODES = {"glue_score": "max", "wikitext2_ppl": "min", "wikitext2_nll": "min", "model_size_mb": "min", "latency_ms": "min",
                "tokens_per_s": "max", "eval_tokens_per_s": "max", "eval_seconds": "min"}
 SIZE, LATENCY = "model_size_mb", "latency_ms"
 # shown beside the objective when any trial reports them (eval_tokens_per_s: the ONNX task's throughput)
@@ -355,6 +355,22 @@ def _strip_type(msg: str) -> str:
     return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ", "", msg or "")
 
 
+def _trial_task(trial: dict, record: dict):
+    """Returns the task a trial was scored on (config "task", else the source's evaluation
+    settings' "task"), or None for tasks without one (perplexity)."""
+    return trial["config"].get("task") or (record.get("eval_settings") or {}).get("task")
+
+
+def _task_baselines(record: dict) -> dict:
+    """Returns {task: metrics of that task's FP32 trial (config recipe None)} of a source
+    whose trials span several tasks; {} otherwise (its baseline is the FP32 reference)."""
+    out = {}
+    for t in record["trials"]:
+        if "recipe" in t["config"] and t["config"]["recipe"] is None and t["status"] == "TERMINATED":
+            out.setdefault(_trial_task(t, record), t["metrics"])
+    return out
+
+
 def build_board(records: list[dict], *, metric: str | None = None, mode: str | None = None,
                 group_by: str | None = None, allow_mixed: bool = False, top: int | None = None) -> Board:
     """Returns the Board of all trials of `records`: ranked by `metric` (mode min|max) within
@@ -376,11 +392,23 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
                                   f"{k[0]} is also in {seen[k]})")
             seen[k] = r.get("source")
     metric, mode = _resolve_objective(records, metric, mode)
+    tasks = sorted({str(_trial_task(t, r)) for r in records for t in r["trials"] if _trial_task(t, r) is not None})
+    if len(tasks) > 1:
+        # scores of different tasks are different quantities: rank within each task
+        if group_by is None:
+            group_by = "task"
+        elif group_by != "task" and not allow_mixed:
+            raise ConfigError(WHERE, "--group-by", group_by, f"task (the trials span the tasks {', '.join(tasks)}; "
+                              "rank them together anyway with --allow-mixed)")
+        records = [{**r, "eval_settings": {k: v for k, v in (r.get("eval_settings") or {}).items() if k != "task"}}
+                   for r in records]
     settings, mixed = check_settings(records, allow_mixed)
     repeated = any(has_repeats(r["trials"]) for r in records)
     if repeated and group_by == SEED_KEY:
         raise ConfigError(WHERE, "--group-by", group_by, "a key other than seed (repeats over seeds are aggregated)")
     config_keys = [k for k in _varying_config(records) if not (repeated and k == SEED_KEY)]
+    if group_by == "task" and "task" not in config_keys:
+        config_keys.append("task")
     if group_by and group_by not in FIXED_COLUMNS and group_by not in config_keys:
         known = {k for r in records for t in r["trials"] for k in t["config"]}
         if group_by not in known:
@@ -391,12 +419,16 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
 
     rows, noise = [], {}  # noise: id(row) -> {metric: Estimate} of a configuration row
     for r in records:
-        base = r.get("baseline") or {}
+        task_base = _task_baselines(r)
         for unit in group_repeats(r["trials"]) if repeated else [[t] for t in r["trials"]]:
             t = unit[0]
-            row = {"rank": None, "experiment": r["experiment"], "model": r.get("model"), "recipe": r.get("recipe"),
+            base = task_base.get(_trial_task(t, r)) or r.get("baseline") or {}
+            row = {"rank": None, "experiment": r["experiment"], "model": t["config"].get("model") or r.get("model"),
+                   "recipe": t["config"].get("recipe", r.get("recipe")),
                    "device": t["config"].get("device", r.get("device"))}
             row.update({k: t["config"].get(k) for k in config_keys})
+            if "task" in config_keys and row.get("task") is None:
+                row["task"] = _trial_task(t, r)
             row.update({k: (r.get("eval_settings") or {}).get(k) for k in mixed})
             done = [u for u in unit if u["status"] == "TERMINATED"]
             if repeated:

@@ -78,10 +78,14 @@ def trial_main(config: dict, plan: dict) -> None:
     if known:  # deterministic failure seen on an earlier attempt: don't burn the device again
         raise RuntimeError(known)
     kind = config.get("device") or plan["device"]
-    # "seed" (a repeat's seed) seeds the job; it is a recipe field only where the recipe has one
-    job_keys = ("device",) if plan.get("seed_in_recipe", True) else ("device", SEED_KEY)
-    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **{k: v for k, v in config.items() if k not in job_keys}},
-                    trial_id=trial_id, seed=config.get(SEED_KEY))
+    # "seed" (a repeat's seed) seeds the job; it is a recipe field only where the recipe has one.
+    # Task fields, "model" and "recipe" (None: the FP32 model) may vary per trial too.
+    task_keys = tuple(plan.get("task_fields", ()))
+    job_keys = ("device", "model", "recipe", *task_keys) + (() if plan.get("seed_in_recipe", True) else (SEED_KEY,))
+    recipe_kwargs = {**plan["fixed"], **{k: v for k, v in config.items() if k not in job_keys}}
+    spec = job_spec(plan, recipe_kwargs=recipe_kwargs if config.get("recipe", plan["recipe"]) else None,
+                    trial_id=trial_id, seed=config.get(SEED_KEY), model=config.get("model"),
+                    task_kwargs={k: config[k] for k in task_keys if k in config})
     t0 = time.time()
     worker, worker_id, job_id, queued_s = ray.get(pool.submit.remote(kind, spec))
     # Trials may be started ahead of free workers; the wait for one is queueing, not overhead.
@@ -207,11 +211,13 @@ def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
     keys = [k for i, k in enumerate(keys) if k not in keys[:i] and k not in space]
     defaults = {f.name: f.default for f in dataclasses.fields(RECIPES.get(exp.recipe).config_cls)
                 if f.default is not dataclasses.MISSING}
+    defaults["recipe"] = exp.recipe  # a trial that names none runs the recipe
+    defaults.update({k: getattr(exp.task, k) for k in exp.trial_task_fields()})
     points = []
     for t in exp.trials:
         points.append({**{k: exp.fixed.get(k, defaults.get(k)) for k in keys}, **t})
     for k in keys:
-        space[k] = points[0][k]
+        space[k] = defaults.get(k) if k in ("recipe", *exp.trial_task_fields()) else points[0][k]
     # Tune warns for every preset value unlike the space's; here that is the point.
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     return space, points
@@ -312,10 +318,12 @@ def trial_resources(cluster: dict) -> dict:
     return {f"node:{ray.util.get_node_ip_address()}": 0.001}
 
 
-def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "", seed: int | None = None) -> JobSpec:
+def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "", seed: int | None = None,
+             model: str | None = None, task_kwargs: dict | None = None) -> JobSpec:
     """Returns the JobSpec of one trial of the plan (recipe_kwargs None: the FP32 baseline),
-    seeded with `seed` (None: the plan's seed)."""
-    return JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"],
+    seeded with `seed` (None: the plan's seed), on `model` (None: the plan's) with the plan's
+    task fields updated by `task_kwargs`."""
+    return JobSpec(model=model or plan["model"], task=plan["task"], task_kwargs={**plan["task_kwargs"], **(task_kwargs or {})},
                    recipe=plan["recipe"] if recipe_kwargs is not None else None, recipe_kwargs=recipe_kwargs or {},
                    seed=plan["seed"] if seed is None else seed, trial_id=trial_id, trust_remote_code=plan["trust_remote_code"],
                    plugins=plan["plugins"], model_format=plan["model_format"], onnx_opset=plan["onnx_opset"])
@@ -378,6 +386,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
             "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
             "device": names[0], "metric": metric, "trust_remote_code": exp.trust_remote_code,
             "model_format": exp.model_format, "onnx_opset": exp.onnx_opset, "seed_in_recipe": exp.seed_in_recipe,
+            "task_fields": exp.trial_task_fields(),
             # absolute paths: workers may not share the driver's working directory
             "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
     t0 = time.time()

@@ -246,7 +246,7 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"job-{job.job_id}-", dir=worker._scratch.name) as workdir:
         ctx = JobContext(device=device, tokenizer=loaded.tokenizer, seed=spec.seed, report=report,
                          check_cancelled=check_cancelled, cached=worker.cached, log=log, kind=worker.kind,
-                         workdir=workdir)
+                         workdir=workdir, task=task_cfg)
         ctx.evaluate = lambda m: task_entry.fn(m, task_cfg, ctx)
         check_cancelled()
         if spec.recipe is None:
