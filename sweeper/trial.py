@@ -114,10 +114,10 @@ class JobFeed:
             cursor += len(events)
             for ev in events:
                 self._events.put(ev)
-            if state is None:  # the worker lost it and the pool does not know yet
+            if state is None:  # a poll timed out and the pool does not know the job's end
                 time.sleep(min(0.2, live.poll_s))
             elif state != "RUNNING":
-                call(self.pool.ack.remote(s.job_id), self.plan)
+                call(self.pool.ack.remote(s.job_id), self.plan)  # frees the worker (a no-op for a lost one)
                 self.acked = True
                 if state == "TIMEOUT":
                     raise JobTimedOut(reason)
@@ -130,16 +130,29 @@ class JobFeed:
         pool's record of the job's end; state None when neither can tell yet."""
         import ray
 
+        from ray.exceptions import RayActorError
+
         live, s = self.plan.liveness, self.started
+        died = None
         try:
             events, state = ray.get(s.worker.poll.remote(s.job_id, cursor, live.poll_s),
                                     timeout=live.poll_s + live.call_timeout_s)
             if state != "UNKNOWN":
                 return events, state, ""
-        except Exception:  # noqa: BLE001 - the worker died, restarts, or is wedged: ask the pool
+            died = f"worker {s.worker_id} was restarted under job {s.job_id}"
+        except RayActorError as exc:  # its process died (or restarts): the job went with it
+            died = f"worker {s.worker_id}'s process died under job {s.job_id} ({type(exc).__name__})"
+        except Exception:  # noqa: BLE001 - a poll timed out: the pool's probe decides
             pass
         out = call(self.pool.outcome.remote(s.job_id, cursor), self.plan)
-        return (out[0], out[1], out[2]) if out is not None else ([], None, "")
+        if out is not None:  # the pool kept the job's end, or ended it itself
+            return out[0], out[1], out[2]
+        if not died:
+            return [], None, ""
+        # a job's end reaches the pool before its process can die with it ended, so none
+        # kept there means none came: the job is lost, and the pool recovers its worker
+        call(self.pool.job_lost.remote(s.job_id, died), self.plan)
+        return [], "LOST", died
 
 
 def flatten_metrics(metrics: dict) -> dict:

@@ -195,6 +195,7 @@ class DevicePool:
         if lease is not None and lease.job_id == job_id:
             lease.ended_at = time.monotonic()
             if lease.cancelled_at is not None:
+                self._outcomes.pop(job_id, None)
                 self._give_back(worker_id)
         return True
 
@@ -220,6 +221,18 @@ class DevicePool:
         """Ends a lease whose worker process died or is being killed: its trial gets `reason`."""
         self._outcomes.setdefault(lease.job_id, Outcome(state, reason=reason))
         self._leases.pop(lease.worker_id, None)
+
+    async def job_lost(self, job_id: str, reason: str) -> bool:
+        """Called by a trial whose worker died under job `job_id` with no end kept here: ends
+        the job's lease with `reason` and recovers the worker (free once it answers again).
+        Returns whether the pool still booked the job as running."""
+        lease = self._lease_of(job_id)
+        if lease is None or lease.ended_at is not None:
+            return False
+        self.counters.lost_jobs += 1
+        self._end_lease(lease, "LOST", reason)
+        self._recover(lease.worker_id)
+        return True
 
     async def worker_restarted(self, worker_id: str, pid: int) -> None:
         """Called by a worker that Ray restarted (now process `pid`): a job it was booked for
@@ -339,26 +352,37 @@ class DevicePool:
             asyncio.get_running_loop().create_task(self._recover_worker(wid))
 
     async def _recover_worker(self, wid: str) -> None:
+        """Frees worker `wid` once it answers with no job running. A restarting worker is
+        waited for; one that answers nothing for a call timeout is killed (Ray starts it
+        afresh); a job running there that no trial holds (its start's reply was lost) is
+        cancelled, and killed with its worker if it has not stopped after the grace period."""
         import ray
 
-        handle, tries = self._handles[wid], 0
+        handle, live, stubborn_since = self._handles[wid], self.liveness, None
         while True:
             try:
-                st = await asyncio.wait_for(handle.status.remote(), self.liveness.call_timeout_s)
-                running = [j for j, s in st["jobs"].items() if s["state"] == "RUNNING"]
-                if not running:
-                    break
-                for job_id in running:  # a job no trial holds (its start's reply was lost)
-                    await asyncio.wait_for(handle.cancel.remote(job_id), self.liveness.call_timeout_s)
-            except Exception:  # noqa: BLE001 - still restarting
-                pass
-            tries += 1
-            if tries % 5 == 0:  # answering nothing, or a job that ignores cancels: start it afresh
-                try:
-                    ray.kill(handle, no_restart=False)
-                except Exception:  # noqa: BLE001
-                    pass
-            await asyncio.sleep(min(5.0, 0.5 * tries))
+                st = await asyncio.wait_for(handle.status.remote(), live.call_timeout_s)
+            except asyncio.TimeoutError:
+                ray.kill(handle, no_restart=False)
+                continue
+            except Exception:  # noqa: BLE001 - restarting: Ray refuses calls until it is up
+                await asyncio.sleep(0.5)
+                continue
+            running = [j for j, s in st["jobs"].items() if s["state"] == "RUNNING"]
+            if not running:
+                break
+            now = time.monotonic()
+            stubborn_since = stubborn_since or now
+            if now - stubborn_since > live.cancel_grace_s:
+                ray.kill(handle, no_restart=False)
+                stubborn_since = None
+            else:
+                for job_id in running:
+                    try:
+                        await asyncio.wait_for(handle.cancel.remote(job_id), live.call_timeout_s)
+                    except Exception:  # noqa: BLE001 - the next round asks again
+                        pass
+            await asyncio.sleep(live.tick_s)
         self._recovering.discard(wid)
         self._give_back(wid)
 
