@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import check_bool, check_choice, check_int
+from .config import check_bool, check_choice, check_float, check_int
 from .errors import ConfigError
 
 SCHEDULERS = ("asha", "fifo")
@@ -52,6 +52,50 @@ class Experiment:
     metric: str | None = None  # default: the task's metric
     mode: str | None = None  # default: the task's mode
     onnx_opset: int = 18  # for recipes that work on an ONNX export of the model
+    # Seconds one trial's job may run before its worker process is killed and the trial
+    # ends (or is retried) with "timed out". None: derived from the task, see job_time_limit_s.
+    job_timeout_s: float | None = None
+    # Seconds without a trial's poll before its job is cancelled (the trial is gone); also
+    # how long a cancelled job may take to stop before its worker is killed.
+    heartbeat_timeout_s: float = 30.0
+
+    @property
+    def max_reports(self) -> int:
+        """Returns the most reports (Tune iterations) one trial can make: its largest
+        `epochs` plus the epoch-0 report (encodings initialised, before training)."""
+        from ray.tune.search import sample
+
+        epochs = self.search_space.get("epochs", self.fixed.get("epochs", 1))
+        if isinstance(epochs, dict) and "grid_search" in epochs:
+            top = max(epochs["grid_search"])
+        elif isinstance(epochs, sample.Categorical):
+            top = max(epochs.categories)
+        elif isinstance(epochs, sample.Integer):
+            top = epochs.upper - 1
+        else:
+            top = int(epochs) if isinstance(epochs, int) else 1
+        return top + 1
+
+    @property
+    def job_time_limit_s(self) -> float:
+        """Returns one job's time limit in seconds: job_timeout_s, else 900 s to load, export
+        and quantize plus, per report, two of the task's evaluations (one for the epoch's
+        training, one for the evaluation itself), each what the task's `eval_budget_s()`
+        allows (3600 s for a task that does not say)."""
+        if self.job_timeout_s is not None:
+            return float(self.job_timeout_s)
+        return 900.0 + 2 * self.max_reports * self._eval_budget_s()
+
+    @property
+    def baseline_time_limit_s(self) -> float:
+        """Returns the FP32 baseline job's time limit in seconds: what the task allows for a
+        job of one report (see job_time_limit_s), or job_time_limit_s if that is longer.
+        The baseline is each sweep's first job, model load included, and is not retried."""
+        return max(self.job_time_limit_s, 900.0 + 2 * self._eval_budget_s())
+
+    def _eval_budget_s(self) -> float:
+        budget = getattr(self.task, "eval_budget_s", None)
+        return float(budget()) if callable(budget) else 3600.0
 
     @property
     def device_names(self) -> list[str]:
@@ -152,6 +196,9 @@ class Experiment:
         check_int(w, "max_failures", self.max_failures, 0, 100)
         check_int(w, "seed", self.seed, 0, 2**31 - 1)
         check_int(w, "seeds", self.seeds, 1, 1000)
+        if self.job_timeout_s is not None:
+            check_float(w, "job_timeout_s", self.job_timeout_s, 0, 7 * 86400, lo_open=True)
+        check_float(w, "heartbeat_timeout_s", self.heartbeat_timeout_s, 0.5, 3600)
         if self.seeds > 1 and ("seed" in self.search_space or any(isinstance(t, dict) and "seed" in t for t in list(self.trials or []))):
             raise ConfigError(w, "seeds", self.seeds, "1 when search_space or trials set 'seed' (the repeats set it)")
         check_bool(w, "trust_remote_code", self.trust_remote_code)

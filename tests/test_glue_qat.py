@@ -135,17 +135,22 @@ def test_experiment_validates_and_refuses_positive_mask_value(data_dir):
 
 
 def test_fixed_trials_and_job_keys(data_dir):
-    from sweeper.sweep import fixed_trial_space, job_spec
+    from sweeper.plan import SweepPlan
+    from sweeper.sweep import fixed_trial_space
 
     exp = _experiment_module().experiment(smoke=True, task="all")
     space, points = fixed_trial_space(exp)
     assert space["recipe"] == "aimet_qat"  # samples run the recipe
     fp32 = [p for p in points if p["recipe"] is None]
     assert len(fp32) == 6 and all(p["model"] == f"roberta-ref-{p['task']}" for p in fp32)
-    plan = {"model": exp.model, "task": "glue", "task_kwargs": {"task": "cola", "max_length": 64}, "recipe": "aimet_qat",
-            "seed": 0, "trust_remote_code": False, "plugins": (), "model_format": "torch", "onnx_opset": 18}
-    spec = job_spec(plan, None, model="roberta-ref-rte", task_kwargs={"task": "rte"})
-    assert (spec.recipe, spec.model, spec.task_kwargs) == (None, "roberta-ref-rte", {"task": "rte", "max_length": 64})
+    plan = SweepPlan.of(exp, "ns", "cpu")
+    assert plan.task_fields == ("task",)
+    kind, spec = plan.trial_job(fp32[0], "t0")  # an FP32 trial: no recipe, its own model and task
+    assert (kind, spec.recipe, spec.model) == ("cpu", None, fp32[0]["model"])
+    assert spec.task_kwargs["task"] == fp32[0]["task"] and "task" not in spec.recipe_kwargs
+    _, spec = plan.trial_job({**fp32[0], "recipe": "aimet_qat", "lr": 1e-4}, "t1")
+    assert spec.recipe == "aimet_qat" and spec.recipe_kwargs["lr"] == 1e-4
+    assert not {"task", "model", "recipe", "device"} & set(spec.recipe_kwargs)
 
 
 def _summary():
