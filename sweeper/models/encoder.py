@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .training import adamw_with_schedule, linear_schedule, train_epoch
+
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # ids 0..4, RoBERTa's order
 
 
@@ -49,19 +51,6 @@ def roberta_config(spec, vocab_size: int, tok=None, **extra):
     pad, bos, eos = (1, 0, 2) if tok is None else (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     return RobertaConfig(vocab_size=vocab_size, max_position_embeddings=spec.seq_len + 2, type_vocab_size=1,
                          pad_token_id=pad, bos_token_id=bos, eos_token_id=eos, **spec.config_kwargs, **extra)
-
-
-def linear_schedule(steps: int, warmup_frac: float):
-    """Returns f(step) -> lr factor: linear warm-up over `warmup_frac` of `steps` (at least
-    one step), then linear decay to 0 at `steps`."""
-    warm = max(1, int(round(warmup_frac * steps)))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (steps - step) / max(1, steps - warm))  # linear decay, as BERT/RoBERTa fine-tuning
-
-    return f
 
 
 def build_mlm_into(spec, out: Path, log: Callable[[str], None], device) -> dict:
@@ -136,33 +125,22 @@ def finetune_classifier(model, batches_fn, steps_per_epoch: int, *, epochs: int,
     then linear decay to 0) on batches from `batches_fn()` (one epoch each: (ids, mask, labels));
     `forward(ids, mask)` returns logits (default: the classifier's own). Returns the mean
     training loss of each epoch."""
-    import torch
-
     from ..tasks.glue import classification_loss, classifier_logits
 
     forward = forward or (lambda x, m: classifier_logits(model, x, m))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total_steps = max(1, epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(total_steps, warmup_frac)) if warmup_frac > 0 else None
+    opt, sched = adamw_with_schedule(model, lr=lr, weight_decay=weight_decay, total_steps=epochs * steps_per_epoch,
+                                     warmup_frac=warmup_frac)
+
+    def loss_of(batch):
+        x, m, y = batch
+        return classification_loss(forward(x.to(device), m.to(device)), y.to(device))
+
     losses = []
     model.train()
-    for epoch in range(epochs):
-        total, count = 0.0, 0
-        for x, m, y in batches_fn():
-            check_cancelled()
-            loss = classification_loss(forward(x.to(device), m.to(device)), y.to(device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{label}: training loss is {loss.item()} at epoch {epoch + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.item()
-            count += 1
-        losses.append(total / max(1, count))
-        log(f"{label}: epoch {epoch + 1}/{epochs} train loss {losses[-1]:.4f}")
+    for epoch in range(1, epochs + 1):
+        losses.append(train_epoch(batches_fn(), loss_of, opt, sched, epoch=epoch, where=label,
+                                  check_cancelled=check_cancelled))
+        log(f"{label}: epoch {epoch}/{epochs} train loss {losses[-1]:.4f}")
     model.eval()
     return losses
 

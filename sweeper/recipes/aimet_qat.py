@@ -431,7 +431,7 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     from aimet_torch.quantsim import QuantizationSimModel
 
     from ..models.conv1d import convert_conv1d_to_linear
-    from ..models.encoder import linear_schedule
+    from ..models.training import adamw_with_schedule, train_epoch
     from .aimet_export import evaluate_deployed
 
     if ctx.evaluate is None:
@@ -508,29 +508,19 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     encodings = report({**metrics, "epoch": 0}, last=config.epochs == 0)
     ctx.log(f"aimet_qat: epoch 0 (PTQ after init): {_short(metrics)}; {n_clamped} activation ranges clamped")
 
-    params = [p for p in sim.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = None
-    if config.warmup_frac > 0:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_schedule(max(1, config.epochs * work.steps), config.warmup_frac))
+    opt, sched = adamw_with_schedule(sim.model, lr=config.lr, weight_decay=config.weight_decay,
+                                     total_steps=config.epochs * work.steps, warmup_frac=config.warmup_frac)
+
+    def loss_of(batch):
+        inputs, labels = batch
+        return sim.model(*(t.to(device) for t in inputs), labels=labels.to(device))[0]
+
     train_losses = []
     for epoch in range(1, config.epochs + 1):
         sim.model.train()
-        total, count = 0.0, 0
-        for step, (inputs, labels) in enumerate(work.epoch(), 1):
-            ctx.check_cancelled()
-            loss = sim.model(*(t.to(device) for t in inputs), labels=labels.to(device))[0]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{WHERE}: training loss is {loss.item()} at epoch {epoch} step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            total += loss.item()
-            count += 1
+        train_loss = train_epoch(work.epoch(), loss_of, opt, sched, epoch=epoch, where=WHERE,
+                                 check_cancelled=ctx.check_cancelled)
         sim.model.eval()
-        train_loss = total / count
         train_losses.append(train_loss)
         metrics = ctx.evaluate(sim.model)
         encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss}, last=epoch == config.epochs)
