@@ -23,7 +23,6 @@ from .experiment import Experiment
 from .noise import SEED_KEY, aggregate_configurations, has_repeats
 from .plan import SweepPlan
 from .tracking import format_table, wandb_callback
-from .trial import flatten_metrics as _flatten  # noqa: F401 - the name benchmarks import
 from .trial import run_baseline, trial_main
 
 # Trials only relay metrics, so they hold no CPU a device worker could use: locally Ray is
