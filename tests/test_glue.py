@@ -91,7 +91,11 @@ def test_metrics_against_hand_computed_values():
     assert split_metrics("mnli", [0, 1, 2, 2], [0, 1, 1, 2], "dev_mismatched") == {"mnli_mm_acc": 75.0}
     # Pearson: sum dy*dp = 11, sum dy^2 = 5, sum dp^2 = 26; Spearman: same order -> 1
     got = split_metrics("stsb", [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 9.0])
-    assert got == pytest.approx({"stsb_pearson": 100 * 11 / math.sqrt(130), "stsb_spearman": 100.0})
+    assert got == pytest.approx({"stsb_pearson": 100 * 11 / math.sqrt(130), "stsb_spearman": 100.0,
+                                 "stsb_pred_std": math.sqrt(6.5)})
+    # a collapsed regression head (one value for every pair) scores 0, not NaN: a trial, not an error
+    assert split_metrics("stsb", [1.0, 2.0, 3.0], [2.5, 2.5, 2.5]) == {"stsb_pearson": 0.0, "stsb_spearman": 0.0,
+                                                                      "stsb_pred_std": 0.0}
     assert glue_avg({"cola": {"cola_mcc": 25.0}, "rte": {"rte_acc": 75.0}, "qqp": {}}) == (50.0, 2)
 
 

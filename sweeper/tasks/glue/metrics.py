@@ -36,15 +36,15 @@ def mcc(labels, preds) -> float:
 
 
 def pearson_spearman(labels, preds) -> tuple[float, float]:
-    """Returns (Pearson r, Spearman rho) x 100; NaN for a constant prediction."""
-    import math
-
+    """Returns (Pearson r, Spearman rho) x 100; (0, 0) for a constant prediction (no
+    correlation can be read from it; a quantized regression head can collapse to one value),
+    as scikit-learn's MCC gives 0 for one predicted class."""
     import numpy as np
     from scipy.stats import pearsonr, spearmanr
 
     y, p = np.asarray(labels, dtype=float), np.asarray(preds, dtype=float)
     if np.ptp(p) == 0 or np.ptp(y) == 0:
-        return math.nan, math.nan
+        return 0.0, 0.0
     return 100.0 * float(pearsonr(y, p)[0]), 100.0 * float(spearmanr(y, p)[0])
 
 
@@ -54,8 +54,11 @@ def split_metrics(task: str, labels, preds, split: str = "dev") -> dict:
     if task == "cola":
         return {"cola_mcc": mcc(labels, preds)}
     if task == "stsb":
+        import numpy as np
+
         p, s = pearson_spearman(labels, preds)
-        return {"stsb_pearson": p, "stsb_spearman": s}
+        # the spread of the predictions: 0 says a 0 correlation is a collapsed head
+        return {"stsb_pearson": p, "stsb_spearman": s, "stsb_pred_std": float(np.std(np.asarray(preds, dtype=float)))}
     if task in ("mrpc", "qqp"):
         return {f"{task}_f1": f1(labels, preds), f"{task}_acc": accuracy(labels, preds)}
     if task == "mnli":
