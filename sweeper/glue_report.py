@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from .baselines import trial_task
 from .errors import ConfigError, DataNotFoundError
 
 COLUMNS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "mrpc": "MRPC (F1)", "stsb": "STS-B (Pearson)",
@@ -36,11 +37,6 @@ def runnable_tasks(task: str) -> tuple[list[str], dict[str, str]]:
     if not names:
         raise DataNotFoundError("no GLUE task has data here: " + "; ".join(missing.values()))
     return names, missing
-
-
-def trial_task(trial: dict, summary: dict) -> str | None:
-    """Returns the GLUE task of a summary trial: its config's, else the sweep's."""
-    return trial.get("config", {}).get("task") or summary.get("eval_settings", {}).get("task")
 
 
 def _score(t: dict):

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .baselines import baseline_of, task_baselines, trial_task
 from .config import is_finite_number as _finite
 from .errors import ConfigError, SweeperError
 from .noise import SEED_KEY, estimate, group_repeats, has_repeats, ties_with_best, tie_mark
@@ -355,22 +356,6 @@ def _strip_type(msg: str) -> str:
     return re.sub(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt): ", "", msg or "")
 
 
-def _trial_task(trial: dict, record: dict):
-    """Returns the task a trial was scored on (config "task", else the source's evaluation
-    settings' "task"), or None for tasks without one (perplexity)."""
-    return trial["config"].get("task") or (record.get("eval_settings") or {}).get("task")
-
-
-def _task_baselines(record: dict) -> dict:
-    """Returns {task: metrics of that task's FP32 trial (config recipe None)} of a source
-    whose trials span several tasks; {} otherwise (its baseline is the FP32 reference)."""
-    out = {}
-    for t in record["trials"]:
-        if "recipe" in t["config"] and t["config"]["recipe"] is None and t["status"] == "TERMINATED":
-            out.setdefault(_trial_task(t, record), t["metrics"])
-    return out
-
-
 def build_board(records: list[dict], *, metric: str | None = None, mode: str | None = None,
                 group_by: str | None = None, allow_mixed: bool = False, top: int | None = None) -> Board:
     """Returns the Board of all trials of `records`: ranked by `metric` (mode min|max) within
@@ -392,7 +377,7 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
                                   f"{k[0]} is also in {seen[k]})")
             seen[k] = r.get("source")
     metric, mode = _resolve_objective(records, metric, mode)
-    tasks = sorted({str(_trial_task(t, r)) for r in records for t in r["trials"] if _trial_task(t, r) is not None})
+    tasks = sorted({str(trial_task(t, r)) for r in records for t in r["trials"] if trial_task(t, r) is not None})
     if len(tasks) > 1:
         # scores of different tasks are different quantities: rank within each task
         if group_by is None:
@@ -419,16 +404,16 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
 
     rows, noise = [], {}  # noise: id(row) -> {metric: Estimate} of a configuration row
     for r in records:
-        task_base = _task_baselines(r)
+        task_base = task_baselines(r)
         for unit in group_repeats(r["trials"]) if repeated else [[t] for t in r["trials"]]:
             t = unit[0]
-            base = task_base.get(_trial_task(t, r)) or r.get("baseline") or {}
+            base = baseline_of(t, r, task_base)
             row = {"rank": None, "experiment": r["experiment"], "model": t["config"].get("model") or r.get("model"),
                    "recipe": t["config"].get("recipe", r.get("recipe")),
                    "device": t["config"].get("device", r.get("device"))}
             row.update({k: t["config"].get(k) for k in config_keys})
             if "task" in config_keys and row.get("task") is None:
-                row["task"] = _trial_task(t, r)
+                row["task"] = trial_task(t, r)
             row.update({k: (r.get("eval_settings") or {}).get(k) for k in mixed})
             done = [u for u in unit if u["status"] == "TERMINATED"]
             if repeated:

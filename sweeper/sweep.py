@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .baselines import baseline_of, task_baselines
 from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
 from .errors import ConfigError
@@ -641,14 +642,16 @@ def summary_table(summary: dict) -> str:
     sized = any("model_size_mb" in t["metrics"] for t in summary["trials"])
     front = set(summary.get("pareto_size") or [])
     rows = [{"trial": "fp32 baseline", metric: base, "status": "-", "size MB": summary["baseline"].get("model_size_mb", "")}]
+    per_task = task_baselines(summary)
     for t in summary["trials"]:
         v = t["metrics"].get(metric)
+        base = baseline_of(t, summary, per_task).get(metric)
         row = {"trial": t["trial_id"], "status": t["status"], metric: v, **t["config"],
                "epoch": t["metrics"].get("epoch", ""), "size MB": t["metrics"].get("model_size_mb", ""),
                "front": "*" if t["trial_id"] in front else ""}
         if _finite(v) and _finite(base):
             row["Δ vs fp32"] = v - base
-            row["Δ vs fp32 %"] = 100.0 * (v - base) / base
+            row["Δ vs fp32 %"] = 100.0 * (v - base) / base if base else None  # a 0 baseline (MCC) has no ratio
         if t["status"] == "ERROR":
             row["error"] = t.get("error", "")[:80]
         rows.append(row)
