@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check_run_flags(args) -> None:
     from .config import check_int
 
-    if args.num_samples is not None:
-        check_int("sweeper run", "--num-samples", args.num_samples, 1, 100_000)
+    if args.num_samples is not None:  # 0 runs only the file's fixed trials; the experiment refuses it without any
+        check_int("sweeper run", "--num-samples", args.num_samples, 0, 100_000)
     if args.workers is not None:
         check_int("sweeper run", "--workers", args.workers, 1, 4096)
     if args.seeds is not None:
