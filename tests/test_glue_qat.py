@@ -11,7 +11,7 @@ import torch
 
 from sweeper.errors import ConfigError
 from sweeper.jobs import JobContext
-from sweeper.recipes.aimet_qat import AimetQATConfig, prepare_classifier, quantize_aimet_qat
+from sweeper.recipes.aimet_qat import AimetQATConfig, quantize_aimet_qat
 from sweeper.tasks.glue import GlueTask, glue_evaluate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +41,8 @@ def _padded_batch(tok):
 
 
 def test_mask_value_reaches_attention_scores(tok, clf):
+    from sweeper.recipes.qat_models import prepare_classifier
+
     ids, mask = _padded_batch(tok)
     padded = mask == 0
     assert padded[1].any() and not padded[0].any()

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -164,143 +163,9 @@ def quantsim_config_dict(config: AimetQATConfig) -> dict:
     }
 
 
-_WRAPPER_CLS = None
-
-
-def _wrapper_cls():
-    """Returns the (lazily defined, module-level) causal-LM wrapper class."""
-    global _WRAPPER_CLS
-    if _WRAPPER_CLS is None:
-        import torch
-
-        class CausalLMTupleOutput(torch.nn.Module):
-            """Wraps a transformers causal LM: forward(input_ids, labels=None) returns
-            (logits,) or (loss, logits), like transformers' return_dict=False."""
-
-            def __init__(self, lm):
-                super().__init__()
-                self.lm = lm
-                self.config = lm.config
-
-            def forward(self, input_ids, labels=None):
-                out = self.lm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                              labels=labels, use_cache=False, return_dict=True)
-                return (out.logits,) if labels is None else (out.loss, out.logits)
-
-        CausalLMTupleOutput.__module__ = __name__
-        CausalLMTupleOutput.__qualname__ = "CausalLMTupleOutput"
-        globals()["CausalLMTupleOutput"] = CausalLMTupleOutput  # picklable by reference
-        _WRAPPER_CLS = CausalLMTupleOutput
-    return _WRAPPER_CLS
-
-
-_CLASSIFIER_CLS = None
-
-
-def classifier_wrapper_cls():
-    """Returns the (lazily defined, module-level) sequence-classifier wrapper class:
-    ClassifierTupleOutput(classifier, attention_mask_value)."""
-    global _CLASSIFIER_CLS
-    if _CLASSIFIER_CLS is None:
-        import torch
-        from aimet_torch.nn.modules.custom import Multiply
-
-        class ClassifierTupleOutput(torch.nn.Module):
-            """Wraps a transformers sequence classifier: forward(input_ids, attention_mask=None,
-            labels=None) returns (logits,) or (loss, logits). The 0/1 padding mask becomes the
-            additive (batch, 1, 1, seq) mask `mask_scale((1 - mask), value)`: 0 on real tokens,
-            `value` on padded ones (None: the float dtype's minimum)."""
-
-            def __init__(self, clf, mask_value: float | None):
-                super().__init__()
-                self.clf = clf
-                self.config = clf.config
-                value = torch.finfo(torch.float32).min if mask_value is None else float(mask_value)
-                self.register_buffer("mask_value", torch.tensor(value, dtype=torch.float32))
-                self.mask_scale = Multiply()  # aimet quantizes its output: the mask's own quantizer
-
-            def forward(self, input_ids, attention_mask=None, labels=None):
-                from ..tasks.glue import classification_loss
-
-                if attention_mask is None:
-                    attention_mask = torch.ones_like(input_ids)
-                padded = 1.0 - attention_mask[:, None, None, :].to(self.mask_value.dtype)
-                additive = self.mask_scale(padded, self.mask_value)
-                logits = self.clf(input_ids=input_ids, attention_mask=additive, return_dict=True).logits
-                return (logits,) if labels is None else (classification_loss(logits, labels), logits)
-
-        ClassifierTupleOutput.__module__ = __name__
-        ClassifierTupleOutput.__qualname__ = "ClassifierTupleOutput"
-        globals()["ClassifierTupleOutput"] = ClassifierTupleOutput  # picklable by reference
-        _CLASSIFIER_CLS = ClassifierTupleOutput
-    return _CLASSIFIER_CLS
-
-
-ATTENTION_IMPL = "sweeper_masked_eager"
-
-
-def masked_eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' eager attention, except that the mask is added to the scores by the
-    attention module's `score_add` (an aimet elementwise Add, so the masked scores, softmax's
-    input, get an activation quantizer) where it has one. Returns (output, probabilities)."""
-    import torch
-
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        add = getattr(module, "score_add", None)
-        scores = add(scores, attention_mask) if add is not None else scores + attention_mask
-    probs = torch.nn.functional.softmax(scores, dim=-1)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
-
-
-def prepare_classifier(clf, mask_value: float | None):
-    """Returns the QuantSim-ready wrapper of sequence classifier `clf` (modified in place:
-    pass a copy): every self-attention module (one with query, key and scaling) gets a
-    `score_add` module and the model runs masked_eager_attention; the wrapper turns 0/1
-    padding masks into additive ones with `mask_value` (None: the dtype's minimum)."""
-    from aimet_torch.nn.modules.custom import Add
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_IMPL, masked_eager_attention)
-    for m in clf.modules():
-        if all(hasattr(m, a) for a in ("query", "key", "scaling")):
-            m.score_add = Add()
-    clf.config._attn_implementation = ATTENTION_IMPL
-    return classifier_wrapper_cls()(clf, mask_value)
-
-
 def is_sequence_classifier(model) -> bool:
     """Returns whether `model` is a transformers sequence classifier (...ForSequenceClassification)."""
     return type(model).__name__.endswith("ForSequenceClassification")
-
-
-def _replace_tanh_gelu(model) -> int:
-    """Replaces transformers' GELU modules (tanh approximation, and the exact erf GELU that
-    BERT/RoBERTa use) with torch.nn.GELU of the same formula (aimet only knows torch's);
-    returns the count."""
-    import torch
-    from transformers import activations
-
-    tanh = tuple(getattr(activations, n) for n in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh")
-                 if hasattr(activations, n))
-    exact = tuple(getattr(activations, n) for n in ("GELUActivation",) if hasattr(activations, n))
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, tanh + exact)
-               and not (isinstance(m, exact) and getattr(m, "act", torch.nn.functional.gelu) is not torch.nn.functional.gelu)]
-    for name, m in targets:
-        parent, _, child = name.rpartition(".")
-        approx = "tanh" if isinstance(m, tanh) else "none"
-        setattr(model.get_submodule(parent) if parent else model, child, torch.nn.GELU(approximate=approx))
-    return len(targets)
-
-
-def _token_blocks(ctx, seq_len: int):
-    """Returns a LongTensor (n_blocks, seq_len) of non-overlapping blocks of ctx.train_text."""
-    from .calibration import token_blocks
-
-    return token_blocks(ctx, seq_len, WHERE)
 
 
 def _activation_quantizers(sim_model):
@@ -334,179 +199,113 @@ def clamp_activation_ranges(sim_model, clamp_value: float) -> int:
     return changed
 
 
-@dataclass
-class Workload:
-    """What the QAT loop needs of one kind of model (causal LM or sequence classifier).
-
-    fp_model: the wrapped float model QuantSim is built on. dummy: its example inputs (a
-    tuple). calib: input tuples for compute_encodings. epoch(): one epoch of training
-    batches, each (inputs tuple, labels). steps: batches per epoch. input_names: the ONNX
-    export's inputs. check_tokens: ids for the deployed graph's check (None: the deployed
-    graph is not measured). info: settings for the trial's info."""
-
-    fp_model: object
-    dummy: tuple
-    calib: list
-    epoch: object
-    steps: int
-    input_names: list
-    check_tokens: object
-    info: dict
-
-
-def _causal_lm_workload(lm, config: AimetQATConfig, ctx, device) -> Workload:
+def prepare_workload(model, config: AimetQATConfig, ctx):
+    """Returns (Workload, torch device, info) for a deep copy of `model` on the job's
+    device: Conv1D layers as Linear, GELUs as torch's, wrapped for QuantSim with its
+    training data (qat_workloads); `model` itself is never touched. Raises ConfigError for
+    an attention_mask_value on a causal LM."""
     import torch
-
-    from ..tasks.perplexity import model_max_positions
-
-    max_pos = model_max_positions(lm)
-    seq_len = config.seq_len or max_pos
-    if seq_len > max_pos:
-        raise ConfigError(WHERE, "seq_len", seq_len, f"at most the model's {max_pos} positions")
-    blocks = _token_blocks(ctx, seq_len)
-    bs = config.batch_size
-    calib = [(blocks[i : i + bs],) for i in range(0, len(blocks), bs)][: config.calibration_batches]
-    gen = torch.Generator().manual_seed(config.seed)
-    n_blocks = len(blocks)
-    steps = config.steps_per_epoch or math.ceil(n_blocks / bs)
-    state = {"order": torch.empty(0, dtype=torch.long)}
-
-    def epoch():
-        out = []
-        for step in range(1, steps + 1):
-            order = state["order"]
-            if len(order) < bs and (config.steps_per_epoch is not None or step == 1):
-                order = torch.cat([order, torch.randperm(n_blocks, generator=gen)])
-            idx, state["order"] = order[:bs], order[bs:]
-            batch = blocks[idx]
-            out.append(((batch,), batch))
-        return out
-
-    return Workload(_wrapper_cls()(lm), (calib[0][0][:1],), calib, epoch, steps, ["input_ids"], calib[0][0][:2],
-                    {"seq_len": seq_len, "train_blocks": n_blocks})
-
-
-def _classifier_workload(clf, config: AimetQATConfig, ctx) -> Workload:
-    task = getattr(ctx, "task", None)
-    if not hasattr(task, "training_data"):
-        raise ConfigError(WHERE, "task", type(task).__name__,
-                          "a task that supplies training rows (e.g. glue) for a sequence classifier")
-    epoch_fn, steps, settings = task.training_data(ctx, config.batch_size, config.seed)
-    if config.steps_per_epoch is not None:
-        full, steps = epoch_fn, config.steps_per_epoch
-
-        def epoch_fn():
-            out = []
-            while len(out) < steps:
-                out += full()
-            return out[:steps]
-
-    first = epoch_fn()
-    calib = [(x, m) for x, m, _ in first][: config.calibration_batches]
-    x0, m0 = calib[0]
-
-    def epoch():
-        return [((x, m), y) for x, m, y in epoch_fn()]
-
-    mask_value = config.attention_mask_value
-    return Workload(prepare_classifier(clf, mask_value), (x0[:1], m0[:1]), calib, epoch, steps,
-                    ["input_ids", "attention_mask"], None,
-                    {**settings, "attention_mask_value": "dtype min" if mask_value is None else mask_value,
-                     "deployed_graph": "not measured for sequence classifiers (the deployed check reads a causal LM)"})
-
-
-def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
-    """Builds an aimet QuantSim of a copy of `model` (a causal LM, or a sequence classifier
-    whose training rows come from the job's task), calibrates it, clamps activation ranges,
-    reports the PTQ result as epoch 0, fine-tunes for config.epochs epochs (reporting each),
-    exporting the encodings with every report (as its artifacts). For causal LMs the last
-    report also carries the deployed ONNX QDQ graph's metrics and files
-    (aimet_export.evaluate_deployed): deploy_<metric>, sim_deploy_gap_pct, model.onnx,
-    deploy_gap_by_op.json (every report carries them, so a trial stopped early by the
-    scheduler has them too). Returns Quantized(model=sim.model, artifacts={"encodings.json":
-    aimet's exported encodings (format 1.0.0), and the deployed graph's files},
-    reported=True, info={...})."""
-    import torch
-    from aimet_torch.common.defs import QuantScheme
-    from aimet_torch.quantsim import QuantizationSimModel
 
     from ..models.conv1d import convert_conv1d_to_linear
-    from ..models.training import adamw_with_schedule, train_epoch
-    from .aimet_export import evaluate_deployed
+    from .qat_models import replace_gelu_modules
+    from .qat_workloads import causal_lm_workload, classifier_workload
 
-    if ctx.evaluate is None:
-        raise ValueError(f"{WHERE}: the job has no evaluate function (ctx.evaluate is None)")
     device = ctx.device if isinstance(ctx.device, torch.device) else torch.device(ctx.device)
-    torch.manual_seed(config.seed)
-
     classifier = is_sequence_classifier(model)
     if config.attention_mask_value is not None and not classifier:
         raise ConfigError(WHERE, "attention_mask_value", config.attention_mask_value,
                           "None for a causal LM (its blocks are unpadded; the value applies to sequence classifiers)")
     inner = copy.deepcopy(model).to(device).eval()
-    n_conv1d = convert_conv1d_to_linear(inner)
-    n_gelu = _replace_tanh_gelu(inner)
-    work = _classifier_workload(inner, config, ctx) if classifier else _causal_lm_workload(inner, config, ctx, device)
-    fp_model = work.fp_model.to(device)
-    dummy = tuple(t.to(device) for t in work.dummy)
+    info = {"conv1d_converted": convert_conv1d_to_linear(inner), "gelu_replaced": replace_gelu_modules(inner)}
+    work = (classifier_workload if classifier else causal_lm_workload)(inner, config, ctx)
+    work.fp_model = work.fp_model.to(device)
+    return work, device, info
 
-    scheme_name, learn_ranges = QUANT_SCHEMES[config.quant_scheme]
+
+def build_quantsim(work, config: AimetQATConfig, device):
+    """Returns the aimet QuantizationSimModel of work.fp_model (in place) with this
+    recipe's quantsim config, quant scheme and bit widths; encodings not yet computed."""
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    dummy = tuple(t.to(device) for t in work.dummy)
+    scheme_name, _ = QUANT_SCHEMES[config.quant_scheme]
     with tempfile.TemporaryDirectory(prefix="aimet_qat_") as tmp:
         cfg_path = os.path.join(tmp, "quantsim_config.json")
         with open(cfg_path, "w") as f:
             json.dump(quantsim_config_dict(config), f)
-        sim = QuantizationSimModel(fp_model, dummy_input=dummy, quant_scheme=getattr(QuantScheme, scheme_name),
+        sim = QuantizationSimModel(work.fp_model, dummy_input=dummy, quant_scheme=getattr(QuantScheme, scheme_name),
                                    default_output_bw=config.output_bw, default_param_bw=config.param_bw,
                                    in_place=True, config_file=cfg_path)
     if config.quant_scheme == "percentile":
         sim.set_percentile_value(config.percentile)
+    return sim
 
-    def calibrate(m):
+
+def calibrate(sim, work, config: AimetQATConfig, ctx, device) -> int:
+    """Computes the sim's encodings on work.calib, clamps activation ranges to
+    ±config.clamp_value (when set) and freezes the quantizers of schemes that do not learn
+    ranges; returns how many activation ranges the clamp changed."""
+    def forward_calibration(m):
         for inputs in work.calib:
             ctx.check_cancelled()
             m(*(t.to(device) for t in inputs))
 
-    sim.compute_encodings(calibrate)
+    sim.compute_encodings(forward_calibration)
     n_clamped = clamp_activation_ranges(sim.model, config.clamp_value) if config.clamp_value is not None else 0
-    if not learn_ranges:
+    if not QUANT_SCHEMES[config.quant_scheme][1]:
         from aimet_torch.quantization.base import QuantizerBase
 
         for q in sim.model.modules():
             if isinstance(q, QuantizerBase):
                 q.requires_grad_(False)  # fixed ranges: only the weights train
+    return n_clamped
 
-    def export_encodings() -> bytes:
+
+class EpochReporter:
+    """Reports one evaluation of the sim to the job (ctx.report) with its exported encodings
+    and, for causal LMs, the deployed ONNX QDQ graph's metrics and files
+    (aimet_export.evaluate_deployed). Keeps the latest encodings and the last planned
+    report's deployed files (`encodings`, `deploy_artifacts`)."""
+
+    def __init__(self, sim, work, config: AimetQATConfig, ctx, device):
+        self.sim, self.work, self.config, self.ctx = sim, work, config, ctx
+        self.dummy = tuple(t.to(device) for t in work.dummy)
+        self.encodings: bytes = b""
+        self.deploy_artifacts: dict[str, bytes] = {}
+
+    def export_encodings(self) -> bytes:
+        """Returns aimet's exported encodings (format 1.0.0) of the sim as it is now."""
         with tempfile.TemporaryDirectory(prefix="aimet_qat_export_") as tmp:
-            onnx_path = os.path.join(tmp, "model.onnx")
-            sim.onnx.export(args=dummy, f=onnx_path, dynamo=False, encoding_version="1.0.0",
-                            input_names=work.input_names, output_names=["logits"])
+            self.sim.onnx.export(args=self.dummy, f=os.path.join(tmp, "model.onnx"), dynamo=False,
+                                 encoding_version="1.0.0", input_names=self.work.input_names, output_names=["logits"])
             with open(os.path.join(tmp, "model.encodings"), "rb") as f:
                 return f.read()
 
-    deploy_artifacts: dict[str, bytes] = {}
+    def __call__(self, metrics: dict, last: bool) -> None:
+        """Reports `metrics` (plus deploy_* for causal LMs) with the encodings as artifacts."""
+        from .aimet_export import evaluate_deployed
 
-    def report(metrics: dict, last: bool) -> bytes:
-        # Every report carries its encodings: a scheduler may end the trial after any of
-        # them, and the best trial's last report is the one whose encodings are exported.
-        # The deployed graph is measured with every report too, so a trial that the
-        # scheduler stops after any epoch still has its deploy_* numbers; the graph's files
-        # ride only the last planned report (the checkpoint keeps the latest artifacts).
-        encodings = export_encodings()
-        artifacts = {"encodings.json": encodings}
-        if work.check_tokens is not None:
-            deploy_metrics, deployed_files = evaluate_deployed(sim.model, metrics, ctx, check_tokens=work.check_tokens,
-                                                                kind=config.deploy_kind)
+        # Every report carries its encodings and deployed metrics: a scheduler may end the
+        # trial after any of them. The graph's files ride only the last planned report.
+        self.encodings = self.export_encodings()
+        artifacts = {"encodings.json": self.encodings}
+        if self.work.check_tokens is not None:
+            deploy_metrics, deployed_files = evaluate_deployed(self.sim.model, metrics, self.ctx,
+                                                                check_tokens=self.work.check_tokens,
+                                                                kind=self.config.deploy_kind)
             metrics = {**metrics, **deploy_metrics}
             artifacts.update(deployed_files)
             if last:
-                deploy_artifacts.update(deployed_files)
-            ctx.log(f"aimet_qat: deployed QDQ graph (onnxruntime): {_short(deploy_metrics)}")
-        ctx.report(metrics, artifacts)
-        return encodings
+                self.deploy_artifacts.update(deployed_files)
+            self.ctx.log(f"aimet_qat: deployed QDQ graph (onnxruntime): {_short(deploy_metrics)}")
+        self.ctx.report(metrics, artifacts)
 
-    metrics = ctx.evaluate(sim.model)
-    encodings = report({**metrics, "epoch": 0}, last=config.epochs == 0)
-    ctx.log(f"aimet_qat: epoch 0 (PTQ after init): {_short(metrics)}; {n_clamped} activation ranges clamped")
+
+def train_and_report(sim, work, config: AimetQATConfig, ctx, device, report: EpochReporter) -> list[float]:
+    """Fine-tunes the sim for config.epochs epochs (AdamW, linear warm-up and decay),
+    evaluating and reporting after each; returns the mean training loss of every epoch."""
+    from ..models.training import adamw_with_schedule, train_epoch
 
     opt, sched = adamw_with_schedule(sim.model, lr=config.lr, weight_decay=config.weight_decay,
                                      total_steps=config.epochs * work.steps, warmup_frac=config.warmup_frac)
@@ -515,29 +314,47 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         inputs, labels = batch
         return sim.model(*(t.to(device) for t in inputs), labels=labels.to(device))[0]
 
-    train_losses = []
+    losses = []
     for epoch in range(1, config.epochs + 1):
         sim.model.train()
-        train_loss = train_epoch(work.epoch(), loss_of, opt, sched, epoch=epoch, where=WHERE,
-                                 check_cancelled=ctx.check_cancelled)
+        loss = train_epoch(work.epoch(), loss_of, opt, sched, epoch=epoch, where=WHERE,
+                           check_cancelled=ctx.check_cancelled)
         sim.model.eval()
-        train_losses.append(train_loss)
+        losses.append(loss)
         metrics = ctx.evaluate(sim.model)
-        encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss}, last=epoch == config.epochs)
-        ctx.log(f"aimet_qat: epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}, {_short(metrics)}")
+        report({**metrics, "epoch": epoch, "train_loss": loss}, last=epoch == config.epochs)
+        ctx.log(f"aimet_qat: epoch {epoch}/{config.epochs}: train_loss {loss:.4f}, {_short(metrics)}")
+    return losses
 
-    info = {
-        "quant_scheme": scheme_name,
-        "conv1d_converted": n_conv1d,
-        "gelu_replaced": n_gelu,
-        "activation_ranges_clamped": n_clamped,
-        **work.info,
-        "steps_per_epoch": work.steps,
-        "train_losses": train_losses,
-        "encoding_version": "1.0.0",
-    }
-    return Quantized(model=sim.model, artifacts={"encodings.json": encodings, **deploy_artifacts}, reported=True,
-                     info=info)
+
+def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
+    """Builds an aimet QuantSim of a copy of `model` (a causal LM, or a sequence classifier
+    whose training rows come from the job's task), calibrates it, clamps activation ranges,
+    reports the PTQ result as epoch 0, fine-tunes for config.epochs epochs (reporting each),
+    exporting the encodings with every report (as its artifacts). For causal LMs every
+    report also carries the deployed ONNX QDQ graph's metrics (deploy_<metric>,
+    sim_deploy_gap_pct) and the last its files (model.onnx, deploy_gap_by_op.json).
+    Returns Quantized(model=sim.model, artifacts={"encodings.json": aimet's exported
+    encodings (format 1.0.0), and the deployed graph's files}, reported=True, info={...})."""
+    import torch
+
+    if ctx.evaluate is None:
+        raise ValueError(f"{WHERE}: the job has no evaluate function (ctx.evaluate is None)")
+    torch.manual_seed(config.seed)
+    work, device, prep_info = prepare_workload(model, config, ctx)
+    sim = build_quantsim(work, config, device)
+    n_clamped = calibrate(sim, work, config, ctx, device)
+    report = EpochReporter(sim, work, config, ctx, device)
+
+    metrics = ctx.evaluate(sim.model)
+    report({**metrics, "epoch": 0}, last=config.epochs == 0)
+    ctx.log(f"aimet_qat: epoch 0 (PTQ after init): {_short(metrics)}; {n_clamped} activation ranges clamped")
+    train_losses = train_and_report(sim, work, config, ctx, device, report)
+
+    info = {"quant_scheme": QUANT_SCHEMES[config.quant_scheme][0], **prep_info, "activation_ranges_clamped": n_clamped,
+            **work.info, "steps_per_epoch": work.steps, "train_losses": train_losses, "encoding_version": "1.0.0"}
+    return Quantized(model=sim.model, artifacts={"encodings.json": report.encodings, **report.deploy_artifacts},
+                     reported=True, info=info)
 
 
 def _short(metrics: dict) -> str:
