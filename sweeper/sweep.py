@@ -361,6 +361,10 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     metric, mode = exp.objective
     init_ray(namespace, shared_zoo)
     kinds = resolve_kinds(exp)
+    if exp.model_format == "tf":  # TF workers: their own runtime_env on a cluster, checked at start
+        from .devices.tf_workers import tf_kind
+
+        kinds = {n: tf_kind(k) for n, k in kinds.items()}
     trial_res = trial_resources(ray.cluster_resources())
     workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}
     names = list(kinds)

@@ -46,6 +46,10 @@ class DeviceWorker:
                 check_provider(kind)
             except ProviderUnavailable as exc:  # reported by info(); the pool refuses to start
                 self._start_error = str(exc)
+        if getattr(kind, "frameworks", ()):  # a TF sweep: TensorFlow must import on this node
+            from .tf_workers import start_error
+
+            self._start_error = self._start_error or start_error(kind)
         self.worker_id, self.kind, self.kind_name = worker_id, kind, kind.name
         self.torch_device = kind.torch_device
         torch.set_num_threads(max(1, kind.threads))
@@ -56,6 +60,7 @@ class DeviceWorker:
         self._cache: dict = {}
         self._cache_lock = threading.Lock()
         self.counters = {"model_loads": 0, "model_cache_hits": 0, "onnx_exports": 0, "onnx_cache_hits": 0,
+                         "tf_exports": 0, "tf_cache_hits": 0,
                          "data_builds": 0, "data_cache_hits": 0,
                          "jobs_started": 0, "jobs_done": 0, "jobs_failed": 0, "jobs_cancelled": 0,
                          "busy_s": 0.0}
@@ -139,7 +144,7 @@ class DeviceWorker:
 
     def cached(self, key, build):
         """Returns the worker-cached value for `key`, calling build() once on a miss."""
-        kind = key[0] if isinstance(key, tuple) and key and key[0] in ("model", "onnx") else "data"
+        kind = key[0] if isinstance(key, tuple) and key and key[0] in ("model", "onnx", "tf") else "data"
         with self._cache_lock:
             if key in self._cache:
                 self.counters[f"{kind}_cache_hits"] += 1
@@ -147,7 +152,7 @@ class DeviceWorker:
         value = build()
         with self._cache_lock:
             self._cache.setdefault(key, value)
-            self.counters[{"model": "model_loads", "onnx": "onnx_exports", "data": "data_builds"}[kind]] += 1
+            self.counters[{"model": "model_loads", "onnx": "onnx_exports", "tf": "tf_exports", "data": "data_builds"}[kind]] += 1
             return self._cache[key]
 
     def _emit(self, job: _Job, event: dict, state: str | None = None):
@@ -234,6 +239,13 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
     if spec.model_format == "onnx":
         model = worker.cached(("onnx", loaded.content_key, spec.onnx_opset),
                               lambda: _export(worker, loaded, spec.onnx_opset, log))
+    elif spec.model_format == "tf":
+        from pathlib import Path
+
+        from ..models.tf_export import export_loaded
+
+        model = worker.cached(("tf", loaded.content_key),
+                              lambda: export_loaded(loaded, Path(worker._scratch.name) / f"saved-{loaded.content_key[:16]}", log))
     task_entry = TASKS.get(spec.task)
     task_cfg = task_entry.config_cls(**spec.task_kwargs)
     final: dict = {}

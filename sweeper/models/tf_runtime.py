@@ -1,0 +1,46 @@
+"""Importing TensorFlow and Intel Neural Compressor, which only the `tf` extra installs."""
+from __future__ import annotations
+
+import os
+
+INSTALL_HINT = "pip install -e '.[tf]'"
+# The tf extra's pins (pyproject.toml's [project.optional-dependencies] tf lists the same;
+# tests/test_tf_gptj.py checks): what TF workers on a cluster install into their runtime_env.
+TF_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "neural-compressor-tf==3.10")
+
+
+class TFUnavailable(ImportError):
+    """TensorFlow or neural-compressor is not installed here; the message is one line."""
+
+
+def require_tf():
+    """Returns the tensorflow module, or raises TFUnavailable saying how to install it."""
+    # TF's C++ start-up chatter (oneDNN notices, CPU feature lines) is not for the console
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise TFUnavailable(f"TensorFlow is not installed ({exc}); install the tf extra: {INSTALL_HINT}") from None
+    return tf
+
+
+def require_inc():
+    """Returns neural_compressor.tensorflow (Intel Neural Compressor's TF API), or raises
+    TFUnavailable saying how to install it."""
+    require_tf()
+    try:
+        import neural_compressor.tensorflow as inc_tf
+    except ImportError as exc:
+        raise TFUnavailable(f"neural-compressor's TensorFlow API is not installed ({exc}); install the tf extra: "
+                            f"{INSTALL_HINT}") from None
+    return inc_tf
+
+
+def tf_available() -> bool:
+    """Returns whether TensorFlow and neural-compressor's TF API import here."""
+    try:
+        require_inc()
+        return True
+    except TFUnavailable:
+        return False
