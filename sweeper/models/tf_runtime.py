@@ -6,7 +6,8 @@ import os
 INSTALL_HINT = "pip install -e '.[tf]'"
 # The tf extra's pins (pyproject.toml's [project.optional-dependencies] tf lists the same;
 # tests/test_tf_gptj.py checks): what TF workers on a cluster install into their runtime_env.
-TF_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "neural-compressor-tf==3.10")
+TF_REQUIREMENTS = ("tensorflow-cpu==2.21.0", "neural-compressor==3.10", "prettytable>=3", "py-cpuinfo>=9",
+                   "pydantic>=2", "pyyaml>=6", "psutil>=5", "setuptools==80.10.2")
 
 
 class TFUnavailable(ImportError):

@@ -246,7 +246,9 @@ def quantize_tf(model, config: IncStaticConfig, ctx) -> Quantized:
         # each config leaves more in float: the LM head, then every MLP output projection too
         steps = [(), ("lm_head",), ("lm_head", "fc_out")][: config.max_trials]
         configs = [inc_config(config, s) for s in steps]
-        tuning = inc.TuningConfig(config_set=configs, max_trials=len(configs), tolerable_loss=config.tolerable_loss)
+        from neural_compressor.common.base_tuning import TuningConfig
+
+        tuning = TuningConfig(config_set=configs, max_trials=len(configs), tolerable_loss=config.tolerable_loss)
         q = inc.autotune(fp32_model, tuning, eval_fn=heldout_nll_fn(model, ctx, seq_len), calib_dataloader=loader,
                          calib_iteration=len(loader))
         tried = [{"fp32_ops": list(config.fp32_ops) + list(s)} for s in steps]

@@ -192,11 +192,10 @@ def lambada(model, config: LambadaTask, ctx) -> dict:
 
     data = ctx.cached(("lambada-texts",), load_lambada)
     n_pos = max_positions(model)
+    texts = data.texts[: config.max_samples] if config.max_samples is not None else data.texts
     key = ("lambada-tokens", getattr(ctx.tokenizer, "name_or_path", id(ctx.tokenizer)), len(ctx.tokenizer),
-           data.sha256, n_pos)
-    samples = ctx.cached(key, lambda: tokenize_passages(ctx.tokenizer, data.texts, n_pos))
-    if config.max_samples is not None:
-        samples = samples[: config.max_samples]
+           data.sha256, len(texts), n_pos)
+    samples = ctx.cached(key, lambda: tokenize_passages(ctx.tokenizer, texts, n_pos))
     pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
     run, runtime = logits_runner(model, ctx)
 
