@@ -54,10 +54,10 @@ def test_saved_model_equals_torch(gptj, saved, real_tokens):
     assert saved.max_positions == 64 and saved.vocab_size == len(gptj.lm_head.bias)
 
 
-@pytest.mark.parametrize("overrides", [{"rotary_dim": None, "n_inner": None, "activation_function": "gelu"},
+@pytest.mark.parametrize("overrides", [{"rotary_dim": 8, "n_inner": None, "activation_function": "gelu"},
                                        {"rotary_dim": 16, "n_head": 2, "layer_norm_epsilon": 1e-6}])
 def test_keras_gptj_any_config(overrides, real_tokens):
-    """Other GPT-J configs (rotary over the whole head, exact gelu, default FFN width) convert the same way."""
+    """Other GPT-J configs (rotary over the whole head of 8 dims, exact gelu, default FFN width) convert the same way."""
     import torch
     from transformers import GPTJConfig, GPTJForCausalLM
 
@@ -105,11 +105,19 @@ def test_inc_graph_has_quantize_dequantize_before_matmul(int8):
 
     fp32_matmuls = [n for n in extracted.node if n.op == "MatMul"]
     assert len(fp32_matmuls) == 2 * 6 + 1  # q, k, v, out, fc_in, fc_out per layer + the LM head
-    quantized = [n for n in converted.node if "MatMul" in n.op and n.op.startswith("_Quantized")]
-    from_quantize = [n for n in quantized if "QuantizeV2" in {producer_op(i) for i in n.input}]
-    assert len(from_quantize) >= 12, [n.op for n in converted.node if "MatMul" in n.op]
+    assert not any("Quantize" in n.op for n in extracted.node)
     ops = [n.op for n in converted.node]
-    assert ops.count("QuantizeV2") >= 1 and ops.count("Dequantize") >= 1
+    assert "MatMul" not in ops  # every float MatMul was replaced
+    # INC's int8 MatMul: QuantizeV2 (activations) in front, dequantize either a Dequantize
+    # node after it or fused into the kernel (QuantizedMatMulWithBiasAndDequantize)
+    quantized = [n for n in converted.node if n.op.startswith("QuantizedMatMul")]
+    assert len(quantized) == len(fp32_matmuls)
+    for n in quantized:
+        assert producer_op(n.input[0]) == "QuantizeV2", n.name
+        consumers = {m.op for m in converted.node if any(i.split(":")[0] == n.name for i in m.input)}
+        assert n.op.endswith("AndDequantize") or "Dequantize" in consumers, (n.name, n.op, consumers)
+    # q, k, v and fc_in read one LayerNorm output: one QuantizeV2 per distinct input (3 per layer + LM head)
+    assert ops.count("QuantizeV2") == 2 * 3 + 1
     # the text form says the same as the binary one
     assert int8.artifacts["converted_graph_def.pbtxt"].decode().count('op: "QuantizeV2"') == ops.count("QuantizeV2")
 

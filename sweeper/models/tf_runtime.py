@@ -29,12 +29,21 @@ def require_tf():
 def require_inc():
     """Returns neural_compressor.tensorflow (Intel Neural Compressor's TF API), or raises
     TFUnavailable saying how to install it."""
+    import sys
+
     require_tf()
+    # INC's calibration reads TF's printed ranges by pointing the file descriptor of the
+    # `sys.stderr` it saw at import time (a default argument) to a log file; where stderr is
+    # replaced (pytest's capture, some consoles) that is not fd 2, TF's prints go elsewhere and
+    # INC fails with "list index out of range". So it is imported facing the real stderr.
+    seen, sys.stderr = sys.stderr, sys.__stderr__
     try:
         import neural_compressor.tensorflow as inc_tf
     except ImportError as exc:
         raise TFUnavailable(f"neural-compressor's TensorFlow API is not installed ({exc}); install the tf extra: "
                             f"{INSTALL_HINT}") from None
+    finally:
+        sys.stderr = seen
     return inc_tf
 
 

@@ -99,10 +99,10 @@ def graph_op_counts(graph_def) -> dict[str, int]:
 
 
 def quantized_matmul_inputs(graph_def) -> dict[str, int]:
-    """Returns, over a GraphDef's top-level nodes, {"matmuls": MatMul-like ops (MatMul and
-    INC's fused _QuantizedMatMul*), "fed_by_dequantize": float MatMuls with an input from a
-    Dequantize, "fed_by_quantizev2": quantized MatMuls with an input from a QuantizeV2,
-    "quantizev2": QuantizeV2 nodes, "dequantize": Dequantize nodes}."""
+    """Returns, over a GraphDef's top-level nodes (2-D MatMuls; attention's BatchMatMulV2 is
+    not counted), {"float_matmuls", "float_matmuls_fed_by_dequantize", "int8_matmuls" (INC's
+    QuantizedMatMul* kernels), "int8_matmuls_fed_by_quantizev2" (first input from a
+    QuantizeV2), "quantizev2", "dequantize" (separate Dequantize nodes)}."""
     by_name = {n.name: n for n in graph_def.node}
 
     def producer(inp: str):
@@ -112,12 +112,12 @@ def quantized_matmul_inputs(graph_def) -> dict[str, int]:
     for n in graph_def.node:
         out["quantizev2"] += n.op == "QuantizeV2"
         out["dequantize"] += n.op == "Dequantize"
-        if "MatMul" not in n.op:
-            continue
-        out["matmuls"] += 1
-        ops = {getattr(producer(i), "op", None) for i in n.input}
-        out["fed_by_dequantize"] += "Dequantize" in ops
-        out["fed_by_quantizev2"] += "QuantizeV2" in ops
+        if n.op == "MatMul":
+            out["float_matmuls"] += 1
+            out["float_matmuls_fed_by_dequantize"] += any(getattr(producer(i), "op", None) == "Dequantize" for i in n.input)
+        elif n.op.lstrip("_").startswith("QuantizedMatMul"):
+            out["int8_matmuls"] += 1
+            out["int8_matmuls_fed_by_quantizev2"] += getattr(producer(n.input[0]), "op", None) == "QuantizeV2"
     return dict(out)
 
 
@@ -130,6 +130,27 @@ def write_graph(graph_def, folder: Path, stem: str) -> list[Path]:
     pb.write_bytes(graph_def.SerializeToString())
     txt.write_text(text_format.MessageToString(graph_def))
     return [pb, txt]
+
+
+def graph_to_saved_model(graph_def, input_name: str, output_name: str, path: Path) -> Path:
+    """Writes a frozen GraphDef as a SavedModel at `path` whose `serving_default` signature
+    is {"input_ids": input tensor} -> {"logits": output tensor} (the FP32 export's names, so
+    tasks run either the same way); returns path. (INC's own save names the output after
+    the graph node, e.g. "Identity".)"""
+    import tensorflow as tf
+
+    from ..models.tf_gptj import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+
+    builder = tf.compat.v1.saved_model.builder.SavedModelBuilder(str(path))
+    with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+        g = sess.graph
+        sig = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
+            {INPUT_NAME: g.get_tensor_by_name(_tensor(input_name))}, {OUTPUT_NAME: g.get_tensor_by_name(_tensor(output_name))})
+        builder.add_meta_graph_and_variables(sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
+                                             signature_def_map={SIGNATURE: sig})
+    builder.save()
+    return path
 
 
 def calibration_blocks(model, config: IncStaticConfig, ctx):
@@ -260,7 +281,7 @@ def quantize_tf(model, config: IncStaticConfig, ctx) -> Quantized:
     files = write_graph(extracted, out_dir / "graphs", "extracted_graph_def")
     files += write_graph(converted, out_dir / "graphs", "converted_graph_def")
     saved = out_dir / "saved_model"
-    q.save(str(saved))
+    graph_to_saved_model(converted, q.input_tensor_names[0], q.output_tensor_names[0], saved)
     seconds = time.perf_counter() - t0
     result = model.derived(saved, precision="int8", recipe=config.describe())
     ops = graph_op_counts(converted)
@@ -270,8 +291,9 @@ def quantize_tf(model, config: IncStaticConfig, ctx) -> Quantized:
                                                                      "algorithm": config.calibration_algorithm},
             "neural_compressor": _inc_version(), "tensorflow": tf.__version__}
     ctx.log(f"inc_static: {config.describe()} done in {seconds:.1f}s, {result.size_mb():.2f} MB; "
-            f"QuantizeV2 {feeds.get('quantizev2', 0)}, Dequantize {feeds.get('dequantize', 0)}, "
-            f"MatMul-like {feeds.get('matmuls', 0)}")
+            f"int8 MatMuls {feeds.get('int8_matmuls', 0)} ({feeds.get('int8_matmuls_fed_by_quantizev2', 0)} after a "
+            f"QuantizeV2), float MatMuls {feeds.get('float_matmuls', 0)}, QuantizeV2 {feeds.get('quantizev2', 0)}, "
+            f"Dequantize {feeds.get('dequantize', 0)}")
     artifacts = {f.name: f.read_bytes() for f in files}
     artifacts["quantization.json"] = json.dumps(info, indent=2).encode()
     return Quantized(result, artifacts=artifacts, info={"quantize_seconds": round(seconds, 2)})
