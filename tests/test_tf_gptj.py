@@ -190,3 +190,22 @@ def test_tf_worker_kinds(monkeypatch):
     assert cluster.actor_options()["runtime_env"]["pip"]["packages"] == list(TF_REQUIREMENTS)
     assert cluster.actor_options()["num_cpus"] == 1
     assert "runtime_env" not in KINDS["cpu"].actor_options()
+
+
+def test_fp32_ops_name_the_graphs_nodes(int8):
+    """fp32_ops entries become the op-name patterns INC's set_local matches (re.match)."""
+    import re
+
+    import tensorflow as tf
+
+    from sweeper.recipes.inc_static import fp32_patterns
+
+    extracted = tf.compat.v1.GraphDef()
+    extracted.ParseFromString(int8.artifacts["extracted_graph_def.pb"])
+    names = [n.name for n in extracted.node]
+    head = fp32_patterns(["lm_head"], extracted)
+    assert [n for n in names if any(re.match(p, n) for p in head) and "MatMul" in n] == \
+        [n for n in names if "lm_head" in n and n.endswith("MatMul")]
+    concat = fp32_patterns(["ConcatV2"], extracted)
+    assert sorted(n.name for n in extracted.node if any(re.match(p, n.name) for p in concat)) == \
+        sorted(n.name for n in extracted.node if n.op == "ConcatV2")

@@ -181,15 +181,35 @@ class BlockLoader:
         return (len(self.blocks) + self.batch_size - 1) // self.batch_size
 
 
-def inc_config(config: IncStaticConfig, fp32_ops=()):
-    """Returns INC's StaticQuantConfig for `config`, with `config.fp32_ops` + `fp32_ops` left in float."""
+def fp32_patterns(entries, graph_def) -> list[str]:
+    """Returns the op-name regular expressions INC's set_local takes for `entries`: an op type
+    present in `graph_def` (e.g. "ConcatV2") becomes the exact names of its nodes; anything
+    else is a substring of node names (e.g. "lm_head"). INC matches names with re.match from
+    the start and takes any string for a name, never for a type, hence the translation."""
+    import re
+
+    by_type: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        by_type.setdefault(n.op, []).append(n.name)
+    out = []
+    for entry in entries:
+        if entry in by_type:
+            out += [re.escape(name) + "$" for name in by_type[entry]]
+        else:
+            out.append(".*" + re.escape(entry))
+    return out
+
+
+def inc_config(config: IncStaticConfig, graph_def, fp32_ops=()):
+    """Returns INC's StaticQuantConfig for `config`, with `config.fp32_ops` + `fp32_ops` (op
+    types or name substrings of `graph_def`'s nodes) left in float."""
     from ..models.tf_runtime import require_inc
 
     inc = require_inc()
     q = inc.StaticQuantConfig(weight_granularity="per_channel" if config.per_channel else "per_tensor",
                               weight_sym=True, act_sym=config.act_sym, act_algorithm=config.calibration_algorithm)
-    for op in tuple(config.fp32_ops) + tuple(fp32_ops):
-        q.set_local(op, inc.StaticQuantConfig(weight_dtype="fp32", act_dtype="fp32"))
+    for pattern in fp32_patterns(tuple(config.fp32_ops) + tuple(fp32_ops), graph_def):
+        q.set_local(pattern, inc.StaticQuantConfig(weight_dtype="fp32", act_dtype="fp32"))
     return q
 
 
@@ -261,12 +281,12 @@ def quantize_tf(model, config: IncStaticConfig, ctx) -> Quantized:
     extracted = fp32_model.graph_def
     tried = []
     if config.approach == "performance_only":
-        q = inc.quantize_model(fp32_model, inc_config(config), calib_dataloader=loader, calib_iteration=len(loader))
+        q = inc.quantize_model(fp32_model, inc_config(config, extracted), calib_dataloader=loader, calib_iteration=len(loader))
         tried.append({"fp32_ops": list(config.fp32_ops)})
     else:
         # each config leaves more in float: the LM head, then every MLP output projection too
         steps = [(), ("lm_head",), ("lm_head", "fc_out")][: config.max_trials]
-        configs = [inc_config(config, s) for s in steps]
+        configs = [inc_config(config, extracted, s) for s in steps]
         from neural_compressor.common.base_tuning import TuningConfig
 
         tuning = TuningConfig(config_set=configs, max_trials=len(configs), tolerable_loss=config.tolerable_loss)
