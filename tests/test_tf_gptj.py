@@ -122,9 +122,6 @@ def test_inc_graph_has_quantize_dequantize_before_matmul(int8):
     assert int8.artifacts["converted_graph_def.pbtxt"].decode().count('op: "QuantizeV2"') == ops.count("QuantizeV2")
 
 
-@pytest.mark.xfail(strict=True, reason="INC 3.10's INT8 graph does not execute on tensorflow-cpu 2.21 here: its fused "
-                   "QuantizedMatMulWithBiasAndDequantize yields no output (InternalError 'Missing 0-th output'); "
-                   "INC says TF > 2.16.1 is not verified. Open: try tensorflow-cpu 2.16.x beside the core pins.")
 def test_int8_saved_model_runs_close_to_fp32(int8, saved, real_tokens):
     import numpy as np
 

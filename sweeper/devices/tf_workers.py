@@ -14,7 +14,7 @@ import dataclasses
 import os
 import socket
 
-from ..models.tf_runtime import TF_REQUIREMENTS, TFUnavailable, require_inc
+from ..models.tf_runtime import ONEDNN_ENV, TF_REQUIREMENTS, TFUnavailable, require_inc
 
 # Set to 0 to keep cluster TF workers in the driver's environment (nodes installed with the extra).
 PIP_ENV = "SWEEPER_TF_RUNTIME_ENV"
@@ -30,7 +30,7 @@ def tf_runtime_env() -> dict:
     on a cluster (unless SWEEPER_TF_RUNTIME_ENV=0), {} locally."""
     if not on_cluster() or os.environ.get(PIP_ENV, "1") == "0":
         return {}
-    return {"pip": {"packages": list(TF_REQUIREMENTS), "pip_check": False}}
+    return {"pip": {"packages": list(TF_REQUIREMENTS), "pip_check": False}, "env_vars": {ONEDNN_ENV: "1"}}
 
 
 def tf_kind(kind):

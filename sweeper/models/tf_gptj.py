@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from .tf_runtime import require_tf
+from .tf_runtime import onednn_hint, require_tf
 
 INPUT_NAME, OUTPUT_NAME = "input_ids", "logits"
 SIGNATURE = "serving_default"
@@ -215,7 +215,13 @@ def load_signature(path):
     fn = loaded.signatures[SIGNATURE]
 
     def run(ids):
-        return fn(**{INPUT_NAME: tf.constant(ids, tf.int64)})[OUTPUT_NAME].numpy()
+        try:
+            return fn(**{INPUT_NAME: tf.constant(ids, tf.int64)})[OUTPUT_NAME].numpy()
+        except tf.errors.InternalError as exc:
+            if "Missing 0-th output" not in str(exc):
+                raise
+            raise RuntimeError(f"the SavedModel at {path} has an INT8 kernel that produced no output."
+                               + (onednn_hint() or " oneDNN was on; see the error above.")) from exc
 
     run.loaded = loaded  # keeps the trackable (and its variables) alive with the callable
     return run

@@ -14,11 +14,28 @@ class TFUnavailable(ImportError):
     """TensorFlow or neural-compressor is not installed here; the message is one line."""
 
 
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def onednn_hint() -> str:
+    """Returns "" when oneDNN's TF optimizations were asked for before TF was imported,
+    else a sentence saying how to enable them (INT8 graphs need them)."""
+    if os.environ.get(ONEDNN_ENV) == "1":
+        return ""
+    return (f" oneDNN is off in this process ({ONEDNN_ENV}={os.environ.get(ONEDNN_ENV)!r} when TensorFlow was"
+            f" imported): set {ONEDNN_ENV}=1 before anything imports TensorFlow; INC's INT8 kernels need it.")
+
+
 def require_tf():
     """Returns the tensorflow module, or raises TFUnavailable saying how to install it."""
     # TF's C++ start-up chatter (oneDNN notices, CPU feature lines) is not for the console
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # INC's INT8 graphs need oneDNN's graph rewrite (it turns QuantizedMatMulWithBiasAnd-
+    # Dequantize into a real kernel). TF leaves oneDNN off by default on CPUs without
+    # AVX512/VNNI, and there every INT8 MatMul fails at run time ("Missing 0-th output"),
+    # on TF 2.16 to 2.21 alike. Read once, when TF is first imported.
+    os.environ.setdefault(ONEDNN_ENV, "1")
     try:
         import tensorflow as tf
     except ImportError as exc:
