@@ -273,9 +273,9 @@ def plain_trial(config: dict, plan: dict) -> None:
 
     def report(metrics: dict, artifacts: dict | None = None):
         t = time.time()
-        from sweeper.sweep import _flatten  # the sweep's own flattening: same keys as ours
+        from sweeper.trial import flatten_metrics  # the sweep's own flattening: same keys as ours
 
-        m = _flatten(metrics)
+        m = flatten_metrics(metrics)
         m.update(plain_import_s=t_import - t_entry, plain_load_s=t_load - t_import, plain_data_s=t_data - t_load,
                  plain_export_s=t_export - t_data, plain_lazy_data_s=lazy["s"], plain_overhead_s=t_q0[0] - t_entry,
                  plain_work_s=t - t_q0[0] - timing["report_s"] - lazy["s"], plain_report_s=timing["report_s"],

@@ -64,6 +64,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
                    "show mean ± std and mark ties within the noise (overrides the file)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in STORAGE/NAME")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: run the trials that ended in ERROR again, from scratch")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("results_dir", metavar="RESULTS", help="the experiment's results folder, a path or URI (STORAGE/NAME)")
     res.add_argument("experiment_file")
     res.add_argument("--summary")
+    res.add_argument("--retry-errored", action="store_true", help="run the trials that ended in ERROR again, from scratch")
     dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
     dev.add_argument("--kinds", help="a YAML/JSON file of extra device kinds to list too")
     dev.add_argument("--json", action="store_true")
@@ -101,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 def _check_run_flags(args) -> None:
     from .config import check_int
 
-    if args.num_samples is not None:
-        check_int("sweeper run", "--num-samples", args.num_samples, 1, 100_000)
+    if args.num_samples is not None:  # 0 runs only the file's fixed trials; the experiment refuses it without any
+        check_int("sweeper run", "--num-samples", args.num_samples, 0, 100_000)
     if args.workers is not None:
         check_int("sweeper run", "--workers", args.workers, 1, 4096)
     if args.seeds is not None:
@@ -116,7 +119,8 @@ def _cmd_run(args) -> int:
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
                            model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds,
                            seeds=args.seeds)
-    result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume)
+    result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume,
+                            retry_errored=args.retry_errored)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
 
 
@@ -129,7 +133,7 @@ def _cmd_resume(args) -> int:
         raise ConfigError("sweeper resume", "RESULTS", str(args.results_dir), "a sweep's results folder or URI (it holds tuner.pkl)")
     exp = build_experiment(args.experiment_file)
     exp.name = name
-    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True)
+    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True, retry_errored=args.retry_errored)
     return 0
 
 
@@ -169,6 +173,9 @@ def _cmd_zoo(args) -> int:
             raise ConfigError("sweeper zoo build", "NAME", args.name, ", ".join(zoo.zoo_names()))
         path = zoo.build(args.name, force=args.force, device=args.device)
         card = json.loads((path / "card.json").read_text())
+        if "wikitext2_test_ppl" not in card:  # an encoder: its card holds MLM loss or GLUE dev metrics
+            print(f"{args.name}: {path}\n  {_encoder_note(card)}, built in {card['seconds']:.0f}s")
+            return 0
         print(f"{args.name}: {path}\n  WikiText-2 test perplexity {card['wikitext2_test_ppl']:.2f} "
               f"(unigram on the same tokenizer {card['unigram_ppl']:.2f}), built in {card['seconds']:.0f}s"
               f"{_zoo_training_note(card)}")
@@ -183,6 +190,9 @@ def _cmd_zoo(args) -> int:
     if not cards:
         print("no reference models built yet; try: sweeper zoo build gpt2-ref")
     for c in cards:
+        if "wikitext2_test_ppl" not in c:
+            print(f"{c['name']:12s} {_encoder_note(c)}  {c['path']}")
+            continue
         counts = c.get("parameter_counts")
         if counts is None and c["name"] in zoo.zoo_names() and c["spec_hash"] == zoo.get_spec(c["name"]).spec_hash():
             counts = zoo.spec_parameter_counts(c["name"])  # a card written before cards recorded them
@@ -224,6 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     except SweeperError as exc:
         print(f"sweeper: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _encoder_note(card: dict) -> str:
+    """Returns one line about an encoder zoo card: the GLUE dev metrics of a fine-tuned
+    classifier (percent), or the masked-LM training loss of a base encoder."""
+    if "dev_metrics" in card:
+        return f"GLUE {card['task']} dev: " + ", ".join(f"{k} {v:.2f}" for k, v in card["dev_metrics"].items()
+                                                      if isinstance(v, float) and k != "glue_score")
+    return f"masked-LM training loss {card['training']['final_loss_avg']:.3f} (nats/token)"
 
 
 def main_for_experiment_file(path: str, argv: list[str] | None = None) -> int:

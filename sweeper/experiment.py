@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import check_bool, check_choice, check_int
+from .config import check_bool, check_choice, check_float, check_int
 from .errors import ConfigError
 
 SCHEDULERS = ("asha", "fifo")
@@ -52,6 +52,50 @@ class Experiment:
     metric: str | None = None  # default: the task's metric
     mode: str | None = None  # default: the task's mode
     onnx_opset: int = 18  # for recipes that work on an ONNX export of the model
+    # Seconds one trial's job may run before its worker process is killed and the trial
+    # ends (or is retried) with "timed out". None: derived from the task, see job_time_limit_s.
+    job_timeout_s: float | None = None
+    # Seconds without a trial's poll before its job is cancelled (the trial is gone); also
+    # how long a cancelled job may take to stop before its worker is killed.
+    heartbeat_timeout_s: float = 30.0
+
+    @property
+    def max_reports(self) -> int:
+        """Returns the most reports (Tune iterations) one trial can make: its largest
+        `epochs` plus the epoch-0 report (encodings initialised, before training)."""
+        from ray.tune.search import sample
+
+        epochs = self.search_space.get("epochs", self.fixed.get("epochs", 1))
+        if isinstance(epochs, dict) and "grid_search" in epochs:
+            top = max(epochs["grid_search"])
+        elif isinstance(epochs, sample.Categorical):
+            top = max(epochs.categories)
+        elif isinstance(epochs, sample.Integer):
+            top = epochs.upper - 1
+        else:
+            top = int(epochs) if isinstance(epochs, int) else 1
+        return top + 1
+
+    @property
+    def job_time_limit_s(self) -> float:
+        """Returns one job's time limit in seconds: job_timeout_s, else 900 s to load, export
+        and quantize plus, per report, two of the task's evaluations (one for the epoch's
+        training, one for the evaluation itself), each what the task's `eval_budget_s()`
+        allows (3600 s for a task that does not say)."""
+        if self.job_timeout_s is not None:
+            return float(self.job_timeout_s)
+        return 900.0 + 2 * self.max_reports * self._eval_budget_s()
+
+    @property
+    def baseline_time_limit_s(self) -> float:
+        """Returns the FP32 baseline job's time limit in seconds: what the task allows for a
+        job of one report (see job_time_limit_s), or job_time_limit_s if that is longer.
+        The baseline is each sweep's first job, model load included, and is not retried."""
+        return max(self.job_time_limit_s, 900.0 + 2 * self._eval_budget_s())
+
+    def _eval_budget_s(self) -> float:
+        budget = getattr(self.task, "eval_budget_s", None)
+        return float(budget()) if callable(budget) else 3600.0
 
     @property
     def device_names(self) -> list[str]:
@@ -101,6 +145,17 @@ class Experiment:
             base = self.seed
         return [base + i for i in range(self.seeds)]
 
+    def trial_task_fields(self) -> list[str]:
+        """Returns the task fields that the search space or the fixed trials set per trial
+        (e.g. GLUE's `task`), in the task config's field order. A name that is also a field
+        of the recipe (batch_size, seed) stays the recipe's."""
+        from .registry import RECIPES, ensure_builtin_registered
+
+        ensure_builtin_registered()
+        recipe = {f.name for f in dataclasses.fields(RECIPES.get(self.recipe).config_cls)}
+        keys = set(self.search_space) | {k for t in self.trials if isinstance(t, dict) for k in t}
+        return [f.name for f in dataclasses.fields(self.task) if f.name in keys and f.name not in recipe]
+
     @property
     def objective(self) -> tuple[str, str]:
         """Returns (metric name, "min" | "max")."""
@@ -141,6 +196,9 @@ class Experiment:
         check_int(w, "max_failures", self.max_failures, 0, 100)
         check_int(w, "seed", self.seed, 0, 2**31 - 1)
         check_int(w, "seeds", self.seeds, 1, 1000)
+        if self.job_timeout_s is not None:
+            check_float(w, "job_timeout_s", self.job_timeout_s, 0, 7 * 86400, lo_open=True)
+        check_float(w, "heartbeat_timeout_s", self.heartbeat_timeout_s, 0.5, 3600)
         if self.seeds > 1 and ("seed" in self.search_space or any(isinstance(t, dict) and "seed" in t for t in list(self.trials or []))):
             raise ConfigError(w, "seeds", self.seeds, "1 when search_space or trials set 'seed' (the repeats set it)")
         check_bool(w, "trust_remote_code", self.trust_remote_code)
@@ -148,16 +206,46 @@ class Experiment:
         check_choice(w, "mode", mode, ("min", "max"))
         if metric != self.task.metric:
             raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
-        space = {k: v for k, v in self.search_space.items() if k != "device"}
+        job_keys = ("device", "model", "recipe", *self.trial_task_fields())
+        space = {k: v for k, v in self.search_space.items() if k not in job_keys}
         validate_space(entry.config_cls, space, self.fixed)
-        validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k != "device"} if isinstance(t, dict) else t
+        validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k not in job_keys}
+                                           if isinstance(t, dict) and t.get("recipe", self.recipe) else {}
                                            for t in self.trials], self.fixed)
+        tasks = validate_job_keys(self)
         if self.seeds > 1 and self.seed_in_recipe:  # the last repeat's seed must suit the recipe too
             entry.config_cls(**{**self.fixed, "seed": self.repeat_seeds()[-1]})
-        check_data = getattr(self.task, "check_data", None)
-        if check_data:
-            check_data()
+        for task in tasks:
+            check_data = getattr(task, "check_data", None)
+            if check_data:
+                check_data()
         return self
+
+
+def validate_job_keys(exp: Experiment) -> list:
+    """Checks the per-trial values of "recipe" (the experiment's recipe, or None for the FP32
+    model), "model" (loadable here) and of task fields (each builds a valid task config);
+    returns the task configs the trials run (the experiment's task first). Raises ConfigError."""
+    from .models.loading import check_model_available
+
+    def values(key):
+        out = list(_domain_values(key, exp.search_space[key])) if key in exp.search_space else []
+        return out + [t[key] for t in exp.trials if isinstance(t, dict) and key in t]
+
+    for v in values("recipe"):
+        if v not in (exp.recipe, None):
+            raise ConfigError("search_space", "recipe", v, f"{exp.recipe!r} or None (the FP32 model)")
+    for v in values("model"):
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError("search_space", "model", v, "a Hugging Face id, a local path or a reference model name")
+        check_model_available(v)
+    tasks = [exp.task]
+    for key in exp.trial_task_fields():
+        for v in values(key):
+            t = dataclasses.replace(exp.task, **{key: v})
+            if t not in tasks:
+                tasks.append(t)
+    return tasks
 
 
 def validate_devices(self: Experiment) -> None:

@@ -9,8 +9,10 @@ from typing import Any, Callable
 class JobContext:
     """Everything a recipe or task needs besides the model and its config.
 
-    A worker builds one per job. `cached(key, build)` returns a value kept across jobs on
-    the same worker (tokenized data, calibration batches), built once per key.
+    A worker builds one per job, complete. `cached(key, build)` returns a value kept across
+    jobs on the same worker (tokenized data, calibration batches), built once per key.
+    `evaluate(model)` runs the job's task: pass `task` (a registered task config) and it is
+    that task's function, or pass `evaluate` itself.
     """
 
     device: Any  # torch.device the job runs on
@@ -26,6 +28,17 @@ class JobContext:
     train_text: Any = None  # TextSplit used for calibration / fine-tuning
     kind: Any = None  # the worker's devices.kinds.DeviceKind (ONNX Runtime providers); None: cpu
     workdir: Any = None  # a folder private to this job, removed when it ends (quantized graphs)
+    task: Any = None  # the job's task config (a registered task dataclass); builds `evaluate`
+
+    def __post_init__(self):
+        if self.evaluate is None and self.task is not None:
+            self.evaluate = self._evaluate_task
+
+    def _evaluate_task(self, model) -> dict:
+        """Returns the metrics dict of the job's task run on `model`."""
+        from .registry import TASKS
+
+        return TASKS.for_config(self.task).fn(model, self.task, self)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .baselines import baseline_of, task_baselines, trial_task
 from .config import is_finite_number as _finite
 from .errors import ConfigError, SweeperError
 from .noise import SEED_KEY, estimate, group_repeats, has_repeats, ties_with_best, tie_mark
@@ -29,7 +30,7 @@ FORMATS = ("table", "md", "csv", "json", "html")
 # Settings that change the numbers: trials measured under different ones are not comparable.
 SETTING_KEYS = ("dataset", "split", "context_length", "stride", "max_tokens", "dtype")
 # Direction of metrics a source may not record (results folders, W&B runs).
-KNOWN_MODES = {"wikitext2_ppl": "min", "wikitext2_nll": "min", "model_size_mb": "min", "latency_ms": "min",
+KNOWN_MODES = {"glue_score": "max", "wikitext2_ppl": "min", "wikitext2_nll": "min", "model_size_mb": "min", "latency_ms": "min",
                "tokens_per_s": "max", "eval_tokens_per_s": "max", "eval_seconds": "min"}
 SIZE, LATENCY = "model_size_mb", "latency_ms"
 # shown beside the objective when any trial reports them (eval_tokens_per_s: the ONNX task's throughput)
@@ -166,6 +167,8 @@ def load_results_dir(run_dir: Path) -> dict:
     raw_base = _read_json(run_dir / "baseline.json") if (run_dir / "baseline.json").is_file() else {}
     trials = []
     for d in sorted(t for t in run_dir.iterdir() if t.is_dir() and (t / "params.json").is_file()):
+        if statuses and d.name not in statuses:
+            continue  # a trial the sweep no longer holds: `--retry-errored` ran it again as a new trial
         last = _last_result(d / "result.json")
         err = _error_text(d)
         # ResultGrid reports an error only for a trial Tune did not finish (a retried one
@@ -374,11 +377,23 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
                                   f"{k[0]} is also in {seen[k]})")
             seen[k] = r.get("source")
     metric, mode = _resolve_objective(records, metric, mode)
+    tasks = sorted({str(trial_task(t, r)) for r in records for t in r["trials"] if trial_task(t, r) is not None})
+    if len(tasks) > 1:
+        # scores of different tasks are different quantities: rank within each task
+        if group_by is None:
+            group_by = "task"
+        elif group_by != "task" and not allow_mixed:
+            raise ConfigError(WHERE, "--group-by", group_by, f"task (the trials span the tasks {', '.join(tasks)}; "
+                              "rank them together anyway with --allow-mixed)")
+        records = [{**r, "eval_settings": {k: v for k, v in (r.get("eval_settings") or {}).items() if k != "task"}}
+                   for r in records]
     settings, mixed = check_settings(records, allow_mixed)
     repeated = any(has_repeats(r["trials"]) for r in records)
     if repeated and group_by == SEED_KEY:
         raise ConfigError(WHERE, "--group-by", group_by, "a key other than seed (repeats over seeds are aggregated)")
     config_keys = [k for k in _varying_config(records) if not (repeated and k == SEED_KEY)]
+    if group_by == "task" and "task" not in config_keys:
+        config_keys.append("task")
     if group_by and group_by not in FIXED_COLUMNS and group_by not in config_keys:
         known = {k for r in records for t in r["trials"] for k in t["config"]}
         if group_by not in known:
@@ -389,12 +404,16 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
 
     rows, noise = [], {}  # noise: id(row) -> {metric: Estimate} of a configuration row
     for r in records:
-        base = r.get("baseline") or {}
+        task_base = task_baselines(r)
         for unit in group_repeats(r["trials"]) if repeated else [[t] for t in r["trials"]]:
             t = unit[0]
-            row = {"rank": None, "experiment": r["experiment"], "model": r.get("model"), "recipe": r.get("recipe"),
+            base = baseline_of(t, r, task_base)
+            row = {"rank": None, "experiment": r["experiment"], "model": t["config"].get("model") or r.get("model"),
+                   "recipe": t["config"].get("recipe", r.get("recipe")),
                    "device": t["config"].get("device", r.get("device"))}
             row.update({k: t["config"].get(k) for k in config_keys})
+            if "task" in config_keys and row.get("task") is None:
+                row["task"] = trial_task(t, r)
             row.update({k: (r.get("eval_settings") or {}).get(k) for k in mixed})
             done = [u for u in unit if u["status"] == "TERMINATED"]
             if repeated:

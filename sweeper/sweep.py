@@ -1,8 +1,9 @@
 """Runs an Experiment with ray.tune.Tuner over a pool of device workers.
 
-A Tune trial is light: it asks the pool for a worker of its kind, sends it a job and
-relays the worker's per-epoch metrics to `tune.report`. The expensive state (models,
-tokenized data) lives on the workers across trials.
+`run_experiment` reads top to bottom: start the sweep (Ray, the pool, the plan), measure
+the baseline, run the trials (`trial.trial_main`: each leases a worker and relays its
+job's metrics to `tune.report`), summarize, write the results. The expensive state
+(models, tokenized data) lives on the workers across trials.
 """
 from __future__ import annotations
 
@@ -10,22 +11,26 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .devices.jobspec import JobSpec
+from .baselines import baseline_of, task_baselines
 from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
+from .errors import ConfigError
 from .experiment import Experiment
 from .noise import SEED_KEY, aggregate_configurations, has_repeats
+from .plan import SweepPlan
 from .tracking import format_table, wandb_callback
+from .trial import run_baseline, trial_main
 
 # Trials only relay metrics, so they hold no CPU a device worker could use: locally Ray is
 # started with this custom resource; a cluster offers it on its head node (cluster.yaml).
 TRIAL_RESOURCE = "sweeper_trial"
+# The folder of the run where each worker appends its jobs' starts and ends (<worker id>.jsonl).
+WORKER_JOB_LOGS = "worker_jobs"
 
 
 @dataclass
@@ -38,79 +43,6 @@ class SweepResult:
     table: str = ""
     worker_stats: dict = field(default_factory=dict)
     storage: str = ""  # the experiment folder as a path or URI (results_dir is its local copy)
-
-
-def _flatten(metrics: dict) -> dict:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update({f"{k}/{kk}": vv for kk, vv in v.items() if vv is not None})
-        else:
-            out[k] = v
-    return out
-
-
-def iter_job_events(worker, job_id: str, poll_s: float = 2.0):
-    """Yields a worker job's events (dicts with "type") in order until the job has ended."""
-    import ray
-
-    cursor = 0
-    while True:
-        # poll returns every event after `cursor` together with the state, atomically
-        events, state = ray.get(worker.poll.remote(job_id, cursor, poll_s))
-        cursor += len(events)
-        yield from events
-        if state != "RUNNING":
-            return
-
-
-def trial_main(config: dict, plan: dict) -> None:
-    """The Tune function trainable: runs one trial's job on a pooled worker and reports
-    each of its metric records. Raises (trial ERROR) if the job fails or a metric is NaN."""
-    import ray
-    from ray import tune
-
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
-    pool = ray.get_actor(POOL_ACTOR_NAME, namespace=plan["namespace"])
-    known = ray.get(pool.known_failure.remote(trial_id))
-    if known:  # deterministic failure seen on an earlier attempt: don't burn the device again
-        raise RuntimeError(known)
-    kind = config.get("device") or plan["device"]
-    # "seed" (a repeat's seed) seeds the job; it is a recipe field only where the recipe has one
-    job_keys = ("device",) if plan.get("seed_in_recipe", True) else ("device", SEED_KEY)
-    spec = job_spec(plan, recipe_kwargs={**plan["fixed"], **{k: v for k, v in config.items() if k not in job_keys}},
-                    trial_id=trial_id, seed=config.get(SEED_KEY))
-    t0 = time.time()
-    worker, worker_id, job_id, queued_s = ray.get(pool.submit.remote(kind, spec))
-    # Trials may be started ahead of free workers; the wait for one is queueing, not overhead.
-    overhead_s = time.time() - t0 - queued_s
-    metric = plan["metric"]
-    ended = False
-    try:
-        for ev in iter_job_events(worker, job_id):
-            if ev["type"] == "metrics":
-                m = _flatten(ev["metrics"])
-                m.update(worker_id=worker_id, job_start_overhead_s=overhead_s, job_queue_wait_s=queued_s)
-                value = m.get(metric)
-                if not isinstance(value, (int, float)) or not math.isfinite(value):
-                    reason = f"{metric} is {value!r} at epoch {m.get('epoch', '-')}"
-                    ray.get(pool.record_failure.remote(trial_id, reason))
-                    raise FloatingPointError(reason)
-                if ev.get("artifacts"):
-                    with tempfile.TemporaryDirectory(prefix="sweeper-artifacts-") as tmp:
-                        for name, data in ev["artifacts"].items():
-                            (Path(tmp) / name).write_bytes(data)
-                        tune.report(m, checkpoint=tune.Checkpoint.from_directory(tmp))
-                else:
-                    tune.report(m)
-            elif ev["type"] == "error":
-                ray.get(pool.record_failure.remote(trial_id, ev["error"]))
-                raise RuntimeError(f"job failed on {worker_id}: {ev['error']}")
-        ended = True
-    finally:
-        if not ended:  # the trial is being torn down (or raised): free the worker now
-            worker.cancel.remote(job_id)
 
 
 def _cancel_callback(namespace: str):
@@ -206,11 +138,13 @@ def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
     keys = [k for i, k in enumerate(keys) if k not in keys[:i] and k not in space]
     defaults = {f.name: f.default for f in dataclasses.fields(RECIPES.get(exp.recipe).config_cls)
                 if f.default is not dataclasses.MISSING}
+    defaults["recipe"] = exp.recipe  # a trial that names none runs the recipe
+    defaults.update({k: getattr(exp.task, k) for k in exp.trial_task_fields()})
     points = []
     for t in exp.trials:
         points.append({**{k: exp.fixed.get(k, defaults.get(k)) for k in keys}, **t})
     for k in keys:
-        space[k] = points[0][k]
+        space[k] = defaults.get(k) if k in ("recipe", *exp.trial_task_fields()) else points[0][k]
     # Tune warns for every preset value unlike the space's; here that is the point.
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     return space, points
@@ -311,51 +245,52 @@ def trial_resources(cluster: dict) -> dict:
     return {f"node:{ray.util.get_node_ip_address()}": 0.001}
 
 
-def job_spec(plan: dict, recipe_kwargs: dict | None, trial_id: str = "", seed: int | None = None) -> JobSpec:
-    """Returns the JobSpec of one trial of the plan (recipe_kwargs None: the FP32 baseline),
-    seeded with `seed` (None: the plan's seed)."""
-    return JobSpec(model=plan["model"], task=plan["task"], task_kwargs=plan["task_kwargs"],
-                   recipe=plan["recipe"] if recipe_kwargs is not None else None, recipe_kwargs=recipe_kwargs or {},
-                   seed=plan["seed"] if seed is None else seed, trial_id=trial_id, trust_remote_code=plan["trust_remote_code"],
-                   plugins=plan["plugins"], model_format=plan["model_format"], onnx_opset=plan["onnx_opset"])
+@dataclass(frozen=True)
+class Sweep:
+    """A started sweep: its experiment, storage, plan, device pool and workers per kind."""
 
+    exp: Experiment
+    store: object  # storage.ResultsStore
+    plan: SweepPlan
+    pool: object  # the DevicePool actor handle
+    workers: dict
+    started: float  # time.time() when the pool was up
 
-def run_baseline(pool, plan: dict) -> dict:
-    """Returns the FP32 model's metrics on the plan's task (one job on the pool, no recipe)."""
-    import ray
-
-    spec = job_spec(plan, None)
-    worker, _, job_id, _ = ray.get(pool.submit.remote(plan["device"], spec))
-    metrics = {}
-    for ev in iter_job_events(worker, job_id, poll_s=5.0):
-        if ev["type"] == "metrics":
-            metrics = ev["metrics"]
-        elif ev["type"] == "error":
-            from .errors import SweeperError
-
-            raise SweeperError(f"baseline evaluation failed: {ev['error']}")
-    return metrics
+    @property
+    def run_dir(self) -> Path:
+        """Returns the local folder of the sweep's own files (the storage's local copy)."""
+        return self.store.local_dir
 
 
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, summary_path: str | Path | None = None,
-                   resume: bool = False, verbose: int = 1) -> SweepResult:
+                   resume: bool = False, retry_errored: bool = False, verbose: int = 1,
+                   callbacks: list | tuple = ()) -> SweepResult:
     """Validates `exp`, runs its baseline and its sweep, prints the trial table; returns a
     SweepResult. Everything goes under `results_dir`/NAME, where `results_dir` is the storage
     root: a local path or a URI (None: ./results, or ~/sweeper-results under a Ray job); the
-    summary JSON goes there and also to `summary_path` when given."""
+    summary JSON goes there and also to `summary_path` when given. `resume` continues the
+    sweep found there (finished trials kept); `retry_errored` also starts its ERROR trials
+    again. `callbacks`: extra Ray Tune callbacks, run on this process."""
+    if retry_errored and not resume:
+        raise ConfigError("sweep", "retry_errored", True, "only with resume (--resume): there is nothing to retry in a new sweep")
     exp.validate()
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from .config import to_dict
-    from .devices.pool import start_pool
     from .storage import open_store
 
     store = open_store(results_dir, exp.name)  # before Ray starts: a bad path or URI is one line
-    run_dir = store.local_dir
     print(f"[sweeper] results: {store.uri}", flush=True)
+    sweep = start_sweep(exp, store)
+    baseline = measure_baseline(sweep, resume)
+    grid = make_tuner(sweep, resume, verbose, list(callbacks), retry_errored).fit()
+    summary = summarize(sweep, grid, baseline)
+    return write_results(sweep, summary, grid, summary_path)
+
+
+def start_sweep(exp: Experiment, store) -> Sweep:
+    """Starts (or joins) Ray and the device pool for `exp`, writes experiment.json (what
+    `sweeper leaderboard` needs from a bare results folder); returns the Sweep."""
+    from .config import to_dict
+    from .devices.pool import start_pool
+
     shared_zoo = share_reference_model(exp.model, store)
     namespace = f"sweeper-{exp.name}-{uuid.uuid4().hex[:8]}"
     metric, mode = exp.objective
@@ -365,52 +300,51 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         from .devices.tf_workers import tf_kind
 
         kinds = {n: tf_kind(k) for n, k in kinds.items()}
-    trial_res = trial_resources(ray.cluster_resources())
     workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}
     names = list(kinds)
     print(f"[sweeper] {exp.name}: workers {', '.join(f'{n} x{c}' for n, c in workers.items())}, model {exp.model}, "
           f"recipe {exp.recipe}, task {type(exp.task).registered_name}, {exp.num_samples} sample(s) + "
-          f"{len(exp.trials)} fixed trial(s){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}, objective {metric} {mode}", flush=True)
-    pool = start_pool(workers, namespace, kinds=kinds, needs_provider=exp.model_format == "onnx")
-
-    task_kwargs = {k: v for k, v in to_dict(exp.task).items() if k != "name"}
-    plan = {"namespace": namespace, "model": exp.model, "task": type(exp.task).registered_name,
-            "task_kwargs": task_kwargs, "recipe": exp.recipe, "fixed": dict(exp.fixed), "seed": exp.seed,
-            "device": names[0], "metric": metric, "trust_remote_code": exp.trust_remote_code,
-            "model_format": exp.model_format, "onnx_opset": exp.onnx_opset, "seed_in_recipe": exp.seed_in_recipe,
-            # absolute paths: workers may not share the driver's working directory
-            "plugins": tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in exp.plugins)}
-    t0 = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # What Tune's own files do not say: lets `sweeper leaderboard` read a bare results folder.
-    (run_dir / "experiment.json").write_text(json.dumps(
+          f"{len(exp.trials)} fixed trial(s){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}, objective {metric} {mode}, "
+          f"job time limit {exp.job_time_limit_s:g} s", flush=True)
+    plan = SweepPlan.of(exp, namespace, names[0])
+    # each worker's job log is on its own node, under this path
+    pool = start_pool(workers, namespace, plan.liveness, kinds=kinds, needs_provider=exp.model_format == "onnx",
+                      job_log_dir=str(store.local_dir / WORKER_JOB_LOGS))
+    store.local_dir.mkdir(parents=True, exist_ok=True)
+    (store.local_dir / "experiment.json").write_text(json.dumps(
         {"experiment": exp.name, "model": exp.model, "recipe": exp.recipe, "device": names if len(names) > 1 else names[0],
-         "metric": metric,
-         "mode": mode, "task": to_dict(exp.task), "model_format": exp.model_format}, indent=2, default=str))
-    baseline_file = run_dir / "baseline.json"
-    if resume and store.fetch(baseline_file.name):
+         "metric": metric, "mode": mode, "task": to_dict(exp.task), "model_format": exp.model_format}, indent=2, default=str))
+    return Sweep(exp, store, plan, pool, workers, time.time())
+
+
+def measure_baseline(sweep: Sweep, resume: bool) -> dict:
+    """Returns the FP32 model's metrics: kept from the interrupted run on a resume, else
+    measured on the pool and stored (a resume after a crash finds it there)."""
+    metric = sweep.plan.metric
+    baseline_file = sweep.run_dir / "baseline.json"
+    if resume and sweep.store.fetch(baseline_file.name):
         baseline = json.loads(baseline_file.read_text())
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} (kept from the interrupted run)", flush=True)
-    else:
-        print("[sweeper] measuring the FP32 baseline ...", flush=True)
-        baseline = run_baseline(pool, plan)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        baseline_file.write_text(json.dumps(baseline, indent=2, default=str))
-        store.publish()  # a resume after a crash finds it there
-        print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - t0:.1f}s)", flush=True)
+        return baseline
+    print("[sweeper] measuring the FP32 baseline ...", flush=True)
+    baseline = run_baseline(sweep.pool, sweep.plan)
+    sweep.run_dir.mkdir(parents=True, exist_ok=True)
+    baseline_file.write_text(json.dumps(baseline, indent=2, default=str))
+    sweep.store.publish()
+    print(f"[sweeper] baseline {metric} = {baseline.get(metric)} ({time.time() - sweep.started:.1f}s)", flush=True)
+    return baseline
 
-    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=plan), trial_res)
-    param_space, points = fixed_trial_space(exp)
-    if len(names) > 1 and "device" not in param_space and not any("device" in t for t in exp.trials):
-        param_space["device"] = tune.grid_search(names)  # several kinds: compare them
-    param_space = repeat_space(exp, param_space)
-    if exp.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
-                                  max_t=_max_reports(exp), reduction_factor=2)
-    else:
-        scheduler = FIFOScheduler()
-    callbacks = [_cancel_callback(namespace)]
-    wb = wandb_callback(exp.wandb_project, run_dir, group=exp.name)
+
+def make_tuner(sweep: Sweep, resume: bool, verbose: int, callbacks: list, retry_errored: bool = False):
+    """Returns the Tuner of the sweep's trials (restored from storage on a resume)."""
+    import ray
+    from ray import tune
+
+    exp, store = sweep.exp, sweep.store
+    trainable = tune.with_resources(tune.with_parameters(trial_main, plan=sweep.plan),
+                                    trial_resources(ray.cluster_resources()))
+    callbacks = [_cancel_callback(sweep.plan.namespace), *callbacks]
+    wb = wandb_callback(exp.wandb_project, sweep.run_dir, group=exp.name)
     if wb is not None:
         callbacks.append(wb)
     run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose,
@@ -419,35 +353,80 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     if resume and tune.Tuner.can_restore(store.uri):
         print(f"[sweeper] resuming {store.uri}", flush=True)
-        tuner = tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False)
+        # the same space again: Tune re-creates its sample_from resolvers only from a space
+        # it is given, and trials made after the resume would keep their placeholders
+        return tune.Tuner.restore(store.uri, trainable=trainable, resume_errored=False,
+                                  restart_errored=retry_errored, param_space=tune_config(sweep)[0])
+    param_space, config = tune_config(sweep)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=config, run_config=run_config)
+
+
+def tune_config(sweep: Sweep) -> tuple[dict, object]:
+    """Returns (param space, TuneConfig) of the sweep: its fixed trials, samples and seeds,
+    every kind compared when it runs on several, and its scheduler."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    exp = sweep.exp
+    metric, mode = exp.objective
+    param_space, points = fixed_trial_space(exp)
+    if len(sweep.workers) > 1 and "device" not in param_space and not any("device" in t for t in exp.trials):
+        param_space["device"] = tune.grid_search(list(sweep.workers))  # several kinds: compare them
+    param_space = repeat_space(exp, param_space)
+    if exp.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
+                                  max_t=exp.max_reports, reduction_factor=2)
     else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=metric, mode=mode, scheduler=scheduler,
-                # each fixed trial takes the place of one sample of the space
-                num_samples=exp.num_samples + len(exp.trials),
-                # As many live trials as workers, so trials meet workers in the order Tune
-                # made them (ASHA's rungs depend on it). Tune ignores max_concurrent_trials
-                # for a given BasicVariantGenerator.
-                search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=sum(workers.values()),
-                                                 points_to_evaluate=points or None,
-                                                 # one random draw for all of a sample's grid variants:
-                                                 # the repeats of a configuration share its values
-                                                 constant_grid_search=exp.seeds > 1),
-                # A trial is a light relay: reusing its process saves ~3.5 s of actor start
-                # per trial, time the freed worker would otherwise sit idle.
-                reuse_actors=True),
-            run_config=run_config)
-    grid = tuner.fit()
-    stats = ray.get(pool.stats.remote())
-    waits = ray.get(pool.submit_wait_times.remote())
-    attempts = ray.get(pool.attempts.remote())
-    summary = build_summary(exp, grid, baseline, stats, waits, attempts)
-    summary["elapsed_s"] = round(time.time() - t0, 1)
-    summary["seeds"] = exp.seeds
+        scheduler = FIFOScheduler()
+    config = tune.TuneConfig(
+        metric=metric, mode=mode, scheduler=scheduler,
+        # each fixed trial takes the place of one sample of the space
+        num_samples=exp.num_samples + len(exp.trials),
+        # As many live trials as workers, so trials meet workers in the order Tune made them
+        # (ASHA's rungs depend on it). Tune ignores max_concurrent_trials for a given
+        # BasicVariantGenerator.
+        search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=sum(sweep.workers.values()),
+                                         points_to_evaluate=points or None,
+                                         # one random draw for all of a sample's grid variants:
+                                         # the repeats of a configuration share its values
+                                         constant_grid_search=exp.seeds > 1),
+        # A trial is a light relay: reusing its process saves ~3.5 s of actor start per
+        # trial, time the freed worker would otherwise sit idle.
+        reuse_actors=True)
+    return param_space, config
+
+
+def summarize(sweep: Sweep, grid, baseline: dict) -> dict:
+    """Returns the sweep's summary dict (`build_summary`) with the run's timing, the
+    workers' dispatch gaps and the pool's health once every worker is back ("pool":
+    stranded workers, kills, timeouts, lost jobs, reclaimed workers)."""
+    import ray
+
+    pool, live = sweep.pool, sweep.plan.liveness
+    # every trial has ended: cancelled jobs stop and killed workers restart within a grace
+    health = ray.get(pool.drain.remote(live.cancel_grace_s + live.call_timeout_s),
+                     timeout=live.cancel_grace_s + 2 * live.call_timeout_s)
+    stats = ray.get(pool.stats.remote(), timeout=2 * live.call_timeout_s)
+    waits = ray.get(pool.submit_wait_times.remote(), timeout=live.call_timeout_s)
+    attempts = ray.get(pool.attempts.remote(), timeout=live.call_timeout_s)
+    summary = build_summary(sweep.exp, grid, baseline, stats, waits, attempts)
+    summary["elapsed_s"] = round(time.time() - sweep.started, 1)
+    summary["seeds"] = sweep.exp.seeds
     # seconds a freed worker waited for its next, already queued, job: dispatch latency
-    summary["worker_idle_gap_s"] = ray.get(pool.idle_gap_times.remote())
+    summary["worker_idle_gap_s"] = ray.get(pool.idle_gap_times.remote(), timeout=live.call_timeout_s)
+    summary["pool"] = health
+    summary["job_timeout_s"] = sweep.plan.job_timeout_s
+    if health["stranded"]:
+        print(f"[sweeper] {health['stranded']} worker(s) stranded at the end of the sweep", flush=True)
+    return summary
+
+
+def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | None) -> SweepResult:
+    """Exports the best trial's files, writes summary.json and summary.txt (to the storage,
+    and to `summary_path` when given), the leaderboard report, publishes the storage and
+    prints where; returns the SweepResult."""
+    exp, store, run_dir = sweep.exp, sweep.store, sweep.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir, store.where)
     summary["pareto_size"] = size_front(summary)
@@ -456,7 +435,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     print("\n" + table, flush=True)
     if best:
         kept = "; encodings in " + summary["best_encodings"] if summary.get("best_encodings") else ""
-        print(f"[sweeper] best trial {best['trial_id']}: {metric}={best['metrics'].get(metric)}{kept}", flush=True)
+        print(f"[sweeper] best trial {best['trial_id']}: {summary['metric']}={best['metrics'].get(summary['metric'])}{kept}",
+              flush=True)
     stored = run_dir / "summary.json"
     out = Path(summary_path) if summary_path else stored
     for f in {out, stored}:  # the storage always keeps one; --summary asks for one more
@@ -468,7 +448,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     also = f" and {out}" if out != stored else ""
     print(f"[sweeper] summary written to {store.where(stored)}{also} (table: summary.txt beside it)", flush=True)
     print(f"[sweeper] results: {store.uri}", flush=True)
-    return SweepResult(summary, run_dir, out, table, stats, storage=store.uri)
+    return SweepResult(summary, run_dir, out, table, summary["workers"], storage=store.uri)
 
 
 def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_dir: Path) -> None:
@@ -493,21 +473,6 @@ def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_d
             print(f"[sweeper] leaderboard logged to W&B ({wandb_mode()}): {where}", flush=True)
     except Exception as exc:  # noqa: BLE001 - reporting must not lose a finished sweep
         print(f"[sweeper] could not write the leaderboard report: {type(exc).__name__}: {exc}", flush=True)
-
-
-def _max_reports(exp: Experiment) -> int:
-    from ray.tune.search import sample
-
-    epochs = exp.search_space.get("epochs", exp.fixed.get("epochs", 1))
-    if isinstance(epochs, dict) and "grid_search" in epochs:
-        top = max(epochs["grid_search"])
-    elif isinstance(epochs, sample.Categorical):
-        top = max(epochs.categories)
-    elif isinstance(epochs, sample.Integer):
-        top = epochs.upper - 1
-    else:
-        top = int(epochs) if isinstance(epochs, int) else 1
-    return top + 1  # the epoch-0 report (encodings initialised, before training) counts too
 
 
 def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: list[float],
@@ -681,14 +646,16 @@ def summary_table(summary: dict) -> str:
     sized = any("model_size_mb" in t["metrics"] for t in summary["trials"])
     front = set(summary.get("pareto_size") or [])
     rows = [{"trial": "fp32 baseline", metric: base, "status": "-", "size MB": summary["baseline"].get("model_size_mb", "")}]
+    per_task = task_baselines(summary)
     for t in summary["trials"]:
         v = t["metrics"].get(metric)
+        base = baseline_of(t, summary, per_task).get(metric)
         row = {"trial": t["trial_id"], "status": t["status"], metric: v, **t["config"],
                "epoch": t["metrics"].get("epoch", ""), "size MB": t["metrics"].get("model_size_mb", ""),
                "front": "*" if t["trial_id"] in front else ""}
         if _finite(v) and _finite(base):
             row["Δ vs fp32"] = v - base
-            row["Δ vs fp32 %"] = 100.0 * (v - base) / base
+            row["Δ vs fp32 %"] = 100.0 * (v - base) / base if base else None  # a 0 baseline (MCC) has no ratio
         if t["status"] == "ERROR":
             row["error"] = t.get("error", "")[:80]
         rows.append(row)

@@ -78,3 +78,30 @@ def _wait_until_written(run_path: Path, timeout_s: float = 30.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
+
+
+def log_table_run(project: str, key: str, rows: list[dict], columns: list[str], run_dir: str | Path,
+                  name: str) -> str | None:
+    """Logs a run named `name` in `project` (job_type "table") holding one wandb.Table of
+    `rows` under `key` (e.g. the seed-shaped GLUE table). Offline unless a W&B key is
+    configured; WANDB_MODE=disabled logs nothing. Returns the run's folder, or None."""
+    from .tracking import wandb_mode
+
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    import wandb
+
+    Path(run_dir, "wandb").mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, name=name, job_type="table", dir=str(run_dir), mode=mode,
+                     config={"sweeper_leaderboard": True, "columns": list(columns)}, reinit="create_new")
+    try:
+        table = wandb.Table(columns=list(columns), data=[[_cell(r.get(c)) for c in columns] for r in rows],
+                            allow_mixed_types=True)
+        run.log({key: table})
+        out = str(Path(run.dir).parent)
+    finally:
+        run.finish()
+    if mode == "offline":
+        _wait_until_written(Path(out))
+    return out

@@ -64,3 +64,13 @@ def opt_small_dir(data_dir) -> Path:
     from sweeper.models import zoo
 
     return zoo.build(zoo.tiny_variant("opt-ref", steps=80, eval_max_tokens=4096))
+
+
+@pytest.fixture(scope="session")
+def roberta_tok(data_dir):
+    """A RoBERTa-style byte-level BPE tokenizer (vocab 400, <s>/</s>/<pad>/<mask>, pair
+    template) trained on the first 100k characters of the real WikiText-2 validation text."""
+    from sweeper.data import load_wikitext
+    from sweeper.models.encoder import train_roberta_tokenizer
+
+    return train_roberta_tokenizer(load_wikitext("wikitext-2-v1", "validation").text[:100_000], 400, max_length=64)

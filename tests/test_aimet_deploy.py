@@ -4,6 +4,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import onnx
 import onnxruntime as ort
 import torch
@@ -99,6 +100,20 @@ def test_deployed_graph_matches_sim(tiny_gpt2, tiny_tokenizer, tmp_path):
     # onnxruntime's CPU optimizations replace float QDQ emulation by integer kernels
     assert report["runtime_op_changes"].get("QuantizeLinear", 0) < 0
     assert any("deployed QDQ graph" in line for line in logs)
+
+    # a GPU job on a node whose onnxruntime has no CUDA provider: refused on the job's own
+    # kind, measured on the CPU when the recipe names deploy_kind="cpu" (and says so)
+    from sweeper.devices.kinds import KINDS
+    from sweeper.devices.ort_session import ProviderUnavailable
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        ctx.kind = KINDS["cuda"]
+        with pytest.raises(ProviderUnavailable):
+            evaluate_deployed(q.model, {"wikitext2_ppl": sim_ppl}, ctx, check_tokens=ids)
+        on_cpu, files = evaluate_deployed(q.model, {"wikitext2_ppl": sim_ppl}, ctx, check_tokens=ids, kind="cpu")
+        assert on_cpu["deploy_wikitext2_ppl"] == deploy_ppl and ctx.kind is KINDS["cuda"]
+        assert json.loads(files["deploy_gap_by_op.json"])["deploy_kind"] == "cpu"
+        ctx.kind = None
 
     # a bit width ONNX has no integer type for: no graph, and the reason is kept
     next(m for m in q.model.modules() if isinstance(m, QuantizerBase)).bitwidth = 6

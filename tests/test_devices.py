@@ -144,4 +144,5 @@ def test_multi_node_each_trial_on_a_node_of_its_kind(opt_small_dir, tmp_path):
     assert by_kind["testgcu"] == {gcu_node.node_id}  # ... on the node that offers it, none elsewhere
     assert by_kind["cpu"] <= {plain.node_id, gcu_node.node_id}
     assert len(s["reports"]) == 4 and {r["device"] for r in s["reports"]} == {"cpu", "testgcu"}
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == s["pool"]["workers"] == 2
     json.dumps(s, default=str)

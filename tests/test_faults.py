@@ -62,6 +62,7 @@ def test_worker_killed_mid_trial_is_retried_and_nothing_is_lost(ray_local, ref_m
     assert sorted(t["config"]["epochs"] for t in s["trials"]) == [2, 3, 4, 5]
     assert all(t["metrics"]["epoch"] == t["config"]["epochs"] for t in s["trials"])
     assert sorted(t["attempts"] for t in s["trials"]) == [1, 1, 1, 2]  # the killed trial, retried once
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2 and s["pool"]["lost_jobs"] == 1
 
 
 def test_nan_trial_fails_alone_with_its_reason(ray_local, ref_model_dir, tmp_path, capfd, monkeypatch):
@@ -82,6 +83,7 @@ def test_nan_trial_fails_alone_with_its_reason(ray_local, ref_model_dir, tmp_pat
     assert bad["attempts"] == 1  # a deterministic failure is not re-run by the retries
     assert s["failed"] == [{"trial_id": bad["trial_id"], "error": bad["error"]}]
     assert all(math.isfinite(t["metrics"]["wikitext2_ppl"]) for t in by_status["TERMINATED"])
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2
     assert "ERROR" in res.table and "wikitext2_ppl is nan" in res.table
     # the secret appears in no output: console, summary, Tune's files, W&B offline runs
     out, err = capfd.readouterr()

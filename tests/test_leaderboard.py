@@ -321,3 +321,16 @@ def test_sweep_level_wandb_run_holds_table_and_plot(sweeps, tmp_path, monkeypatc
     assert rec["trials"][0]["metrics"]["model_size_mb"] == 150.0 and rec["trials"][0]["status"] == "TERMINATED"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert log_leaderboard_run("sweeper-tests", board.rows, board.columns, png, tmp_path / "wb2", "x") is None
+
+
+def test_folder_skips_trials_the_sweep_no_longer_holds(sweeps):
+    # `sweeper resume --retry-errored`: Tune runs an ERROR trial again as a new trial, and the
+    # old trial's folder stays behind with its error.txt; the newest experiment state decides
+    run_dir, _ = sweeps["onnx"]
+    before = lb.load_results_dir(run_dir)["trials"]
+    stale = run_dir / "trial_main_stale_00099_99_algorithm=rtn_2026-01-01"
+    stale.mkdir()
+    (stale / "params.json").write_text(json.dumps({"algorithm": "rtn", "bits": 4}))
+    (stale / "result.json").write_text("")
+    (stale / "error.txt").write_text("ConfigError: act_order=('__fn_ph', '745b0f76') is not allowed")
+    assert lb.load_results_dir(run_dir)["trials"] == before

@@ -58,6 +58,7 @@ def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
     run_dir = res.results_dir
     assert "front" in (run_dir / "summary.txt").read_text()
     assert (run_dir / "summary_pareto.png").stat().st_size > 0
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["pareto_size"] == s["pareto_size"]
     from sweeper.wandb_offline import read_offline_run

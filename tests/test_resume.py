@@ -1,5 +1,6 @@
 """A driver killed after the first trial finished, then the sweep resumed from its
-storage URI (file://): finished trials are kept, the rest run, nothing is lost, and the
+storage URI (file://): finished trials are kept, the rest run (their sample_from values
+resolved), nothing is lost, and the
 leaderboard reads the sweep from the same URI.
 
 Its own module: the test kills whole Ray clusters and must not share one with others."""
@@ -23,8 +24,9 @@ from sweeper.tasks import WikiText2PPL
 def experiment(smoke=False):
     return Experiment(name="crash", model="gpt2-ref", recipe="planted_nan",
                       task=WikiText2PPL(max_tokens=2048, context_length=128, stride=64),
-                      plugins=({plugin!r},), search_space={{"epochs": tune.grid_search([1, 6, 6, 6])}},
-                      fixed={{"epoch_seconds": 1.5}}, workers=1, num_samples=1, scheduler="fifo", wandb_project="sweeper-tests")
+                      plugins=({plugin!r},), search_space={{"epochs": tune.grid_search([1, 6, 6, 6]),
+                                    "epoch_seconds": tune.sample_from(lambda spec: 1.5)}},
+                      workers=1, num_samples=1, scheduler="fifo", wandb_project="sweeper-tests")
 '''
 
 
@@ -93,6 +95,8 @@ def test_driver_killed_after_first_trial_then_resumed(ref_model_dir, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads(summary.read_text())
     assert sorted(t["config"]["epochs"] for t in s["trials"]) == [1, 6, 6, 6]
+    # trials made after the resume resolve their sample_from values too
+    assert [t["config"]["epoch_seconds"] for t in s["trials"]] == [1.5] * 4, [t["config"] for t in s["trials"]]
     assert all(t["status"] == "TERMINATED" for t in s["trials"])
     attempts = {t["trial_id"]: t["attempts"] for t in s["trials"]}
     assert attempts[first_done[0]] == 0  # kept from before the crash, not rerun

@@ -63,6 +63,7 @@ def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir,
     assert min(t["metrics"]["wikitext2_ppl"] for t in by_bw[4]) > max(t["metrics"]["wikitext2_ppl"] for t in by_bw[16])
     assert sum(c["jobs_cancelled"] for c in workers.values()) == 2
     assert sum(c["jobs_done"] for c in workers.values()) == 3
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2 and s["pool"]["kills"] == 0
     # one W&B offline run per trial, holding its per-epoch perplexities
     runs = _offline_runs(res.results_dir)
     assert len(runs) == 4
@@ -98,3 +99,4 @@ def test_smoke_experiment_quality(ray_local, ref_model_dir, tmp_path):
     values = {round(t["metrics"]["wikitext2_ppl"], 3) for t in done}
     assert len(values) > 1
     assert len(_offline_runs(res.results_dir)) == 4
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == s["pool"]["workers"]

@@ -116,3 +116,11 @@ def test_cli_bad_flag_value(tmp_path):
 def test_cli_unknown_zoo_model():
     r = _cli("zoo", "build", "gpt5-ref")
     assert r.returncode == 2 and "NAME='gpt5-ref'" in r.stderr and "gpt2-ref" in r.stderr
+
+
+def test_retry_errored_needs_resume(tmp_path):
+    from sweeper.sweep import run_experiment
+
+    with pytest.raises(ConfigError, match="retry_errored"):
+        run_experiment(_exp(), results_dir=tmp_path, retry_errored=True)
+    assert not any(tmp_path.iterdir())  # refused before anything was written

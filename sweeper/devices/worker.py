@@ -2,12 +2,18 @@
 
 It owns the device, keeps what is expensive to rebuild (loaded base models, tokenized
 data, calibration batches) in a cache keyed by content across jobs, and runs one job at
-a time in a thread so that polls, cancels and counters stay answerable while it works.
-A job whose trial stops polling for `heartbeat_timeout_s` (driver or trial gone) is
-cancelled, so the device never stays busy for nobody.
+a time in a thread so that polls, probes, cancels and counters stay answerable while it
+works. It supervises nothing itself: the pool probes it and kills its process when a job
+overruns, stops answering or ignores a cancel, and Ray starts a fresh one.
+
+A job's end is handed to the pool (`job_ended`) before the job is marked ended here, so
+a finished result survives this process dying before its trial has read it. The worker
+never frees itself: the pool does, once the trial acknowledges the final events.
 """
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import threading
 import time
@@ -15,19 +21,76 @@ import traceback
 import uuid
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import JobCancelled
 from .jobspec import JobSpec
+from .liveness import Liveness
+
+ENDED = ("DONE", "ERROR", "CANCELLED")
 
 
 @dataclass
-class _Job:
+class CacheCounter:
+    """One family of the worker's cache: values built, and lookups served from the cache."""
+
+    builds: int = 0
+    hits: int = 0
+
+
+@dataclass
+class WorkerCounters:
+    """What a worker has done since its process started (counts; busy_s in seconds)."""
+
+    model: CacheCounter = field(default_factory=CacheCounter)
+    onnx: CacheCounter = field(default_factory=CacheCounter)
+    tf: CacheCounter = field(default_factory=CacheCounter)
+    data: CacheCounter = field(default_factory=CacheCounter)
+    jobs_started: int = 0
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    jobs_cancelled: int = 0
+    busy_s: float = 0.0
+
+    def family(self, key) -> CacheCounter:
+        """Returns the counter of the cache family of `key`: a tuple starting "model", "onnx"
+        or "tf" counts there, anything else is data."""
+        head = key[0] if isinstance(key, tuple) and key else None
+        return {"model": self.model, "onnx": self.onnx, "tf": self.tf}.get(head, self.data)
+
+    def count_end(self, state: str, seconds: float) -> None:
+        """Counts a job that ended in `state` after `seconds` of work."""
+        if state == "DONE":
+            self.jobs_done += 1
+        elif state == "CANCELLED":
+            self.jobs_cancelled += 1
+        else:
+            self.jobs_failed += 1
+        self.busy_s += seconds
+
+    def as_dict(self) -> dict:
+        """Returns the counters flat, as the summary reports them (model_loads, model_cache_hits,
+        onnx_exports, onnx_cache_hits, tf_exports, tf_cache_hits, data_builds, data_cache_hits,
+        jobs_*, busy_s)."""
+        return {"model_loads": self.model.builds, "model_cache_hits": self.model.hits,
+                "onnx_exports": self.onnx.builds, "onnx_cache_hits": self.onnx.hits,
+                "tf_exports": self.tf.builds, "tf_cache_hits": self.tf.hits,
+                "data_builds": self.data.builds, "data_cache_hits": self.data.hits,
+                "jobs_started": self.jobs_started, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
+                "jobs_cancelled": self.jobs_cancelled, "busy_s": self.busy_s}
+
+
+@dataclass
+class Job:
+    """One job on a worker: its events so far, its state, and its trial's last poll."""
+
     job_id: str
     spec: JobSpec
     events: list = field(default_factory=list)
     state: str = "RUNNING"  # RUNNING | DONE | ERROR | CANCELLED
     cancel: threading.Event = field(default_factory=threading.Event)
     last_poll: float = field(default_factory=time.monotonic)
+    seen: int = 0  # events the trial already has: the highest cursor it polled with
     started: float = field(default_factory=time.time)
 
 
@@ -35,7 +98,7 @@ class DeviceWorker:
     """A Ray actor class (wrapped with ray.remote by the pool) that runs jobs on one device."""
 
     def __init__(self, worker_id: str, kind, pool_name: str | None = None, namespace: str | None = None,
-                 heartbeat_timeout_s: float = 30.0, needs_provider: bool = False):
+                 liveness: Liveness | None = None, needs_provider: bool = False, job_log_dir: str | None = None):
         import torch
 
         self._start_error = None
@@ -54,59 +117,62 @@ class DeviceWorker:
         self.torch_device = kind.torch_device
         torch.set_num_threads(max(1, kind.threads))
         # Exported and quantized graphs live here; the folder goes with the worker process.
-        self._scratch = tempfile.TemporaryDirectory(prefix=f"sweeper-{worker_id}-")
+        self.scratch = tempfile.TemporaryDirectory(prefix=f"sweeper-{worker_id}-")
         self._lock = threading.Condition()
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._cache: dict = {}
         self._cache_lock = threading.Lock()
-        self.counters = {"model_loads": 0, "model_cache_hits": 0, "onnx_exports": 0, "onnx_cache_hits": 0,
-                         "tf_exports": 0, "tf_cache_hits": 0,
-                         "data_builds": 0, "data_cache_hits": 0,
-                         "jobs_started": 0, "jobs_done": 0, "jobs_failed": 0, "jobs_cancelled": 0,
-                         "busy_s": 0.0}
-        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self.counters = WorkerCounters()
+        self._liveness = liveness or Liveness()
         self._pool_name, self._namespace = pool_name, namespace
-        threading.Thread(target=self._watchdog, daemon=True, name="sweeper-watchdog").start()
+        self._job_log = Path(job_log_dir) / f"{worker_id}.jsonl" if job_log_dir else None
         import ray
 
         with warnings.catch_warnings():  # Ray's own property trips its own deprecation warning
             warnings.simplefilter("ignore")
             restarted = ray.get_runtime_context().was_current_actor_reconstructed
         if pool_name and restarted:
-            # Ray restarted this worker after it died, maybe mid-job: the pool still books it busy.
-            threading.Thread(target=self._tell_pool, args=("worker_restarted",), daemon=True).start()
+            # Ray restarted this worker after it died, maybe mid-job: the pool may still book
+            # that job as running here. (Its probe finds out too; this only makes it sooner.)
+            threading.Thread(target=self._tell_pool, args=("worker_restarted", os.getpid()), daemon=True).start()
 
     # ---- called remotely -------------------------------------------------------------
     def info(self) -> dict:
-        """Returns this worker's id, kind, node, device and counters."""
+        """Returns this worker's id, kind, node, device, process id and counters."""
         import ray
 
         return {"worker_id": self.worker_id, "kind": self.kind_name, "device": self._device_name(),
-                "node_id": ray.get_runtime_context().get_node_id(), "counters": dict(self.counters),
-                "start_error": self._start_error}
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "counters": self.counters.as_dict(), "start_error": self._start_error}
 
-    def start_job(self, spec: JobSpec) -> str:
-        """Starts `spec` in a thread and returns its job id. Refuses if a job is running."""
+    def start_job(self, spec: JobSpec) -> tuple[str, int]:
+        """Starts `spec` in a thread; returns (job id, this process's pid). Refuses if a job
+        is running."""
         if self._start_error:
             raise RuntimeError(self._start_error)
         with self._lock:
             busy = [j.job_id for j in self._jobs.values() if j.state == "RUNNING"]
             if busy:
                 raise RuntimeError(f"worker {self.worker_id} is busy with job {busy[0]}")
-            job = _Job(uuid.uuid4().hex[:12], spec)
+            job = Job(uuid.uuid4().hex[:12], spec)
             self._jobs[job.job_id] = job
             self._forget_old_jobs()
-            self.counters["jobs_started"] += 1
+            self.counters.jobs_started += 1
+        self._log_job(job, "START")
         threading.Thread(target=self._run, args=(job,), daemon=True, name=f"job-{job.job_id}").start()
-        return job.job_id
+        return job.job_id, os.getpid()
 
     def poll(self, job_id: str, cursor: int, timeout_s: float = 1.0) -> tuple[list, str]:
         """Returns (events after `cursor`, job state), waiting up to timeout_s seconds for news.
-        Each poll is also the trial's heartbeat."""
+        Each poll is the trial's heartbeat. State "UNKNOWN": this process never ran the job
+        (it was restarted since)."""
         deadline = time.monotonic() + timeout_s
         with self._lock:
-            job = self._jobs[job_id]
+            job = self._jobs.get(job_id)
+            if job is None:
+                return [], "UNKNOWN"
             job.last_poll = time.monotonic()
+            job.seen = max(job.seen, cursor)
             while len(job.events) <= cursor and job.state == "RUNNING":
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -114,6 +180,14 @@ class DeviceWorker:
                 self._lock.wait(left)
             job.last_poll = time.monotonic()
             return list(job.events[cursor:]), job.state
+
+    def status(self) -> dict:
+        """Returns what the pool's probe needs: {"pid", "jobs": {job id: {"state",
+        "since_poll_s" (seconds since its trial last polled)}}} over the jobs this process knows."""
+        now = time.monotonic()
+        with self._lock:
+            jobs = {j.job_id: {"state": j.state, "since_poll_s": now - j.last_poll} for j in self._jobs.values()}
+        return {"pid": os.getpid(), "jobs": jobs}
 
     def cancel(self, job_id: str) -> bool:
         """Asks the job to stop at its next check; returns whether it was still running."""
@@ -124,15 +198,9 @@ class DeviceWorker:
             job.cancel.set()
             return True
 
-    def cancel_trial(self, trial_id: str) -> bool:
-        """Cancels the running job of Tune trial `trial_id`, if any; returns whether one was."""
-        with self._lock:
-            ids = [j.job_id for j in self._jobs.values() if j.spec.trial_id == trial_id and j.state == "RUNNING"]
-        return any([self.cancel(i) for i in ids])
-
     def counters_snapshot(self) -> dict:
-        """Returns a copy of the counters (cache hits/misses, jobs, busy seconds)."""
-        return dict(self.counters)
+        """Returns the counters as `WorkerCounters.as_dict` gives them."""
+        return self.counters.as_dict()
 
     # ---- the job ---------------------------------------------------------------------
     def _device_name(self) -> str:
@@ -144,66 +212,79 @@ class DeviceWorker:
 
     def cached(self, key, build):
         """Returns the worker-cached value for `key`, calling build() once on a miss."""
-        kind = key[0] if isinstance(key, tuple) and key and key[0] in ("model", "onnx", "tf") else "data"
+        counter = self.counters.family(key)
         with self._cache_lock:
             if key in self._cache:
-                self.counters[f"{kind}_cache_hits"] += 1
+                counter.hits += 1
                 return self._cache[key]
         value = build()
         with self._cache_lock:
             self._cache.setdefault(key, value)
-            self.counters[{"model": "model_loads", "onnx": "onnx_exports", "tf": "tf_exports", "data": "data_builds"}[kind]] += 1
+            counter.builds += 1
             return self._cache[key]
 
-    def _emit(self, job: _Job, event: dict, state: str | None = None):
+    def emit(self, job: Job, event: dict) -> None:
+        """Appends a running job's event (a dict with "type") for its trial's next poll."""
         with self._lock:
             job.events.append(event)
-            if state:
-                job.state = state
             self._lock.notify_all()
 
-    def _run(self, job: _Job):
-        # Counters are updated before the final event: whoever reads them after the trial
-        # ends must see this job counted.
+    def _run(self, job: Job):
         t0 = time.monotonic()
         try:
             result = run_job(job.spec, self, job)
-            final, state, counter = {"type": "done", **result}, "DONE", "jobs_done"
+            final, state = {"type": "done", **result}, "DONE"
         except JobCancelled:
-            final, state, counter = {"type": "cancelled"}, "CANCELLED", "jobs_cancelled"
+            final, state = {"type": "cancelled"}, "CANCELLED"
         except BaseException as exc:  # the trial gets the reason; the worker lives on
             reason = f"{type(exc).__name__}: {exc}"
-            final, state, counter = {"type": "error", "error": reason, "traceback": traceback.format_exc()}, "ERROR", "jobs_failed"
-        self.counters[counter] += 1
-        self.counters["busy_s"] += time.monotonic() - t0
-        self._emit(job, final, state)
-        self._release()
+            final, state = {"type": "error", "error": reason, "traceback": traceback.format_exc()}, "ERROR"
+        with self._lock:
+            seen = job.seen
+            tail = job.events[seen:] + [final]
+        # The pool keeps the end before anything here says the job ended: if this process
+        # dies before the trial reads it, the trial gets it from the pool. So a job the log
+        # or the counters call ended has its result safe.
+        self._tell_pool("job_ended", job.job_id, seen, tail, state)
+        self._log_job(job, state)
+        # counted before the end is visible: whoever reads counters after the trial ends
+        # must see this job counted
+        self.counters.count_end(state, time.monotonic() - t0)
+        with self._lock:
+            job.events.append(final)
+            job.state = state
+            self._lock.notify_all()
 
-    def _release(self):
-        if self._pool_name:
-            self._tell_pool("release")
-
-    def _tell_pool(self, method: str):
+    def _tell_pool(self, method: str, *args):
+        """Calls the pool's `method`(worker id, *args) and waits for it, at most one call
+        timeout; returns its result, or None where the pool could not be reached."""
         import ray
 
-        for _ in range(50):
+        if not self._pool_name:
+            return None
+        deadline = time.monotonic() + self._liveness.call_timeout_s
+        while time.monotonic() < deadline:
             try:
-                getattr(ray.get_actor(self._pool_name, namespace=self._namespace), method).remote(self.worker_id)
-                return
+                pool = ray.get_actor(self._pool_name, namespace=self._namespace)
+                return ray.get(getattr(pool, method).remote(self.worker_id, *args),
+                               timeout=max(0.1, deadline - time.monotonic()))
             except ValueError:  # pool not registered yet, or gone with the driver
                 time.sleep(0.2)
+            except Exception as exc:  # noqa: BLE001 - the pool's probe recovers what this misses
+                print(f"[sweeper] worker {self.worker_id}: pool.{method} failed: {type(exc).__name__}: {exc}", flush=True)
+                return None
+        return None
 
-    def _watchdog(self):
-        while True:
-            time.sleep(1.0)
-            now = time.monotonic()
-            with self._lock:
-                stale = [j for j in self._jobs.values()
-                         if j.state == "RUNNING" and now - j.last_poll > self._heartbeat_timeout_s]
-            for j in stale:
-                print(f"[sweeper] worker {self.worker_id}: job {j.job_id} (trial {j.spec.trial_id or '-'}) "
-                      f"not polled for {self._heartbeat_timeout_s:.0f}s; cancelling it", flush=True)
-                j.cancel.set()
+    def _log_job(self, job: Job, event: str) -> None:
+        """Appends one line to this worker's job log (when the sweep keeps one): what a
+        reader needs to tell which trial's jobs started and ended here, and in which process."""
+        if self._job_log is None:
+            return
+        self._job_log.parent.mkdir(parents=True, exist_ok=True)
+        line = {"time": time.time(), "event": event, "job_id": job.job_id, "trial_id": job.spec.trial_id,
+                "worker_id": self.worker_id, "pid": os.getpid()}
+        with open(self._job_log, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _forget_old_jobs(self, keep: int = 32):
         done = [k for k, j in self._jobs.items() if j.state != "RUNNING"]
@@ -211,7 +292,7 @@ class DeviceWorker:
             del self._jobs[k]
 
 
-def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
+def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
     """Runs one job on `worker`'s device; returns the final event's payload
     ({"metrics": {...}, "info": {...}}); metrics and artifacts travel in "metrics" events."""
     import torch
@@ -240,31 +321,26 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
         model = worker.cached(("onnx", loaded.content_key, spec.onnx_opset),
                               lambda: _export(worker, loaded, spec.onnx_opset, log))
     elif spec.model_format == "tf":
-        from pathlib import Path
-
         from ..models.tf_export import export_loaded
 
         model = worker.cached(("tf", loaded.content_key),
-                              lambda: export_loaded(loaded, Path(worker._scratch.name) / f"saved-{loaded.content_key[:16]}", log))
-    task_entry = TASKS.get(spec.task)
-    task_cfg = task_entry.config_cls(**spec.task_kwargs)
+                              lambda: export_loaded(loaded, Path(worker.scratch.name) / f"saved-{loaded.content_key[:16]}", log))
     final: dict = {}
 
     def report(metrics: dict, artifacts: dict | None = None):
         final.clear()
         final.update(metrics)
-        worker._emit(job, {"type": "metrics", "metrics": metrics, "artifacts": artifacts or {}})
+        worker.emit(job, {"type": "metrics", "metrics": metrics, "artifacts": artifacts or {}})
 
-    with tempfile.TemporaryDirectory(prefix=f"job-{job.job_id}-", dir=worker._scratch.name) as workdir:
+    train_text = worker.cached(("training-text",), load_training_text) if spec.recipe is not None else None
+    with tempfile.TemporaryDirectory(prefix=f"job-{job.job_id}-", dir=worker.scratch.name) as workdir:
         ctx = JobContext(device=device, tokenizer=loaded.tokenizer, seed=spec.seed, report=report,
                          check_cancelled=check_cancelled, cached=worker.cached, log=log, kind=worker.kind,
-                         workdir=workdir)
-        ctx.evaluate = lambda m: task_entry.fn(m, task_cfg, ctx)
+                         workdir=workdir, train_text=train_text, task=TASKS.get(spec.task).config_cls(**spec.task_kwargs))
         check_cancelled()
         if spec.recipe is None:
             report(ctx.evaluate(model))
             return {"metrics": final, "info": {"model_key": loaded.content_key}}
-        ctx.train_text = worker.cached(("training-text",), load_training_text)
         recipe_entry = RECIPES.get(spec.recipe)
         torch.manual_seed(spec.seed)
         # Recipes never modify the model they are given (the worker's cached base model or graph).
@@ -277,9 +353,7 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: _Job) -> dict:
 def _export(worker: DeviceWorker, loaded, opset: int, log):
     """Returns the worker's ONNX export of `loaded` (into its scratch folder), checked
     against the torch model."""
-    from pathlib import Path
-
     from ..models.onnx_export import export_causal_lm
 
-    out = Path(worker._scratch.name) / f"export-{loaded.content_key[:16]}-opset{opset}"
+    out = Path(worker.scratch.name) / f"export-{loaded.content_key[:16]}-opset{opset}"
     return export_causal_lm(loaded.model, out, opset=opset, source_key=loaded.content_key, log=log)

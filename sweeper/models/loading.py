@@ -1,4 +1,4 @@
-"""Loading causal language models by zoo name, local directory or Hugging Face hub id.
+"""Loading models (causal LMs; GLUE encoders by their config's architecture) by zoo name, local directory or Hugging Face hub id.
 
 ``load_model`` resolves a name in this order:
 
@@ -65,13 +65,32 @@ def content_key(directory: str | Path) -> str:
     return h.hexdigest()
 
 
+def auto_class(architectures) -> type:
+    """Returns the transformers Auto class for a config's `architectures` list: sequence
+    classifiers and masked LMs load as such (GLUE encoders), everything else as a causal LM."""
+    import transformers
+
+    arch = (architectures or [""])[0]
+    for suffix, name in (("ForSequenceClassification", "AutoModelForSequenceClassification"),
+                         ("ForMaskedLM", "AutoModelForMaskedLM")):
+        if arch.endswith(suffix):
+            return getattr(transformers, name)
+    return transformers.AutoModelForCausalLM
+
+
 def _from_dir(path: Path, *, device, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import json
+
+    from transformers import AutoTokenizer
 
     kw: dict = {"trust_remote_code": trust_remote_code}
     if any(path.glob("*.safetensors")):
         kw["use_safetensors"] = True
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    try:
+        arch = json.loads((path / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError):
+        arch = None
+    model = auto_class(arch).from_pretrained(str(path), **kw)
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     return model.to(device).eval(), tok
 
@@ -126,10 +145,11 @@ def load_model(name: str, *, device="cpu", trust_remote_code: bool = False, buil
         model, tok = _from_dir(local, device=device, trust_remote_code=trust_remote_code)
         return LoadedModel(model, tok, name, "local", content_key(local), str(local.resolve()))
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code)
+        arch = getattr(AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code), "architectures", None)
+        model = auto_class(arch).from_pretrained(name, trust_remote_code=trust_remote_code)
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelNotFoundError(

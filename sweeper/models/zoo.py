@@ -36,13 +36,14 @@ from ..errors import ConfigError, DeviceUnavailable
 # Bump when the training or evaluation code changes what a build produces.
 BUILD_VERSION = 1
 
-FAMILIES = ("gpt2", "opt", "gptj")
+FAMILIES = ("gpt2", "opt", "gptj", "roberta", "roberta-cls")
+ENCODER_FAMILIES = ("roberta", "roberta-cls")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Spec fields added after BUILD_VERSION 1, with the value that reproduces the version-1
 # training. At that value a field is left out of the spec hash, so the specs that existed
 # before keep their hash (and users' cached builds stay valid).
-_FIELDS_HASHED_ONLY_WHEN_SET = {"holdout_tokens": 0, "select_every": 0}
+_FIELDS_HASHED_ONLY_WHEN_SET = {"holdout_tokens": 0, "select_every": 0, "base": "", "task": "", "train_rows": 0}
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class ZooSpec:
     description: str = ""
     holdout_tokens: int = 0
     select_every: int = 0
+    # roberta-cls only: the zoo model it is fine-tuned from, the GLUE task, and how many
+    # training rows (a seeded sample; 0: all). For these `steps` counts epochs.
+    base: str = ""
+    task: str = ""
+    train_rows: int = 0
 
     def __post_init__(self):
         where = f"zoo spec {self.name}"
@@ -91,6 +97,8 @@ class ZooSpec:
         if (self.holdout_tokens > 0) != (self.select_every > 0) or self.holdout_tokens < 0 or self.select_every < 0:
             raise ConfigError(where, "holdout_tokens/select_every", (self.holdout_tokens, self.select_every),
                               "both 0, or both positive")
+        if (self.family == "roberta-cls") != bool(self.base and self.task):
+            raise ConfigError(where, "base/task", (self.base, self.task), "both set for roberta-cls, neither otherwise")
         if 0 < self.holdout_tokens < self.seq_len:
             raise ConfigError(where, "holdout_tokens", self.holdout_tokens, f"0 or at least seq_len ({self.seq_len})")
 
@@ -106,6 +114,8 @@ class ZooSpec:
         for field, version_1_value in _FIELDS_HASHED_ONLY_WHEN_SET.items():
             if d[field] == version_1_value:
                 d.pop(field)
+        if self.base:  # a fine-tune changes with what it starts from
+            d["base_hash"] = get_spec(self.base).spec_hash()
         blob = json.dumps({"build_version": BUILD_VERSION, "spec": d}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -207,6 +217,75 @@ register(ZooSpec(
     description="OPT architecture (OPTForCausalLM), 6 layers, 384 wide, 6 heads, ReLU FFN 1536, 256 positions, "
                 "own 4096-token byte-level BPE",
 ))
+
+
+# The reference encoder (RoBERTa workload): pre-trained briefly with masked LM, then one
+# fine-tuned classifier per local GLUE task. Small enough that the base takes ~1-2 min and
+# each fine-tune well under a minute on 2 CPU cores.
+ROBERTA_REF = register(ZooSpec(
+    name="roberta-ref",
+    family="roberta",
+    config=tuple(sorted(dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                             hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).items())),
+    vocab_size=2048,
+    seq_len=64,  # GLUE sentences are short; 64 tokens keeps CPU fine-tuning and QAT quick
+    batch_size=16,
+    steps=300,
+    lr=1e-3,
+    warmup_frac=0.06,
+    weight_decay=0.01,
+    description="RoBERTa architecture (RobertaForMaskedLM), 2 layers, 128 wide, 4 heads, FFN 256, 64 positions, "
+                "own 2048-token byte-level BPE, masked LM on the WikiText-2 validation text",
+))
+
+# training rows per classifier fine-tune (a seeded sample where the split has more; the card
+# says how many): a minute or two per task on 2 shared CPU cores; the full splits (SST-2 has
+# 67k rows) would take far longer. A reference for quantization, not a GLUE contender.
+CLASSIFIER_TRAIN_ROWS = 800
+GLUE_LOCAL_TASKS = ("cola", "sst2", "mrpc", "stsb", "qnli", "rte")
+
+
+def classifier_name(task: str, base: str = "roberta-ref") -> str:
+    """Returns the zoo name of the GLUE `task` classifier fine-tuned from `base`."""
+    return f"{base}-{task}"
+
+
+# The -m encoder: a size that learns some of the local tasks beyond their majority class
+# (SST-2 ~79%, MRPC, QNLI and STS-B above chance in a GPU probe), so W8A8's and the mask
+# value's effects show. ~2 min of masked LM on one GPU; hours on 2 CPU cores.
+ROBERTA_REF_M = register(ZooSpec(
+    name="roberta-ref-m",
+    family="roberta",
+    config=tuple(sorted(dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                             hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).items())),
+    vocab_size=8192,
+    seq_len=128,
+    batch_size=64,
+    steps=3000,
+    lr=5e-4,
+    warmup_frac=0.06,
+    weight_decay=0.01,
+    description="RoBERTa architecture (RobertaForMaskedLM), 4 layers, 256 wide, 4 heads, FFN 1024, 128 positions, "
+                "own 8192-token byte-level BPE, masked LM on the WikiText-2 validation text",
+))
+CLASSIFIER_TRAIN_ROWS_M = 20000
+ENCODER_BASES = ("roberta-ref", "roberta-ref-m")
+
+
+def _register_classifiers(base: ZooSpec, *, train_rows: int, epochs: int, lr: float) -> None:
+    for task in ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"):
+        register(ZooSpec(
+            name=classifier_name(task, base.name), family="roberta-cls", config=base.config,
+            vocab_size=base.vocab_size, seq_len=base.seq_len, batch_size=32, steps=epochs, lr=lr, warmup_frac=0.1,
+            weight_decay=0.01, base=base.name, task=task, train_rows=train_rows,
+            description=f"{base.name} fine-tuned on GLUE {task} (RobertaForSequenceClassification"
+                        f"{', regression head' if task == 'stsb' else ''}), at most {train_rows} training rows, "
+                        f"{epochs} epochs",
+        ))
+
+
+_register_classifiers(ROBERTA_REF, train_rows=CLASSIFIER_TRAIN_ROWS, epochs=2, lr=1e-3)
+_register_classifiers(ROBERTA_REF_M, train_rows=CLASSIFIER_TRAIN_ROWS_M, epochs=3, lr=1e-4)
 
 
 def zoo_names() -> list[str]:
@@ -346,8 +425,11 @@ def _check_config_matches(spec: ZooSpec, src: Path, where: str) -> None:
         cfg = json.loads((src / "config.json").read_text())
     except ValueError:
         raise ConfigError(where, "config.json", str(src / "config.json"), "a JSON model config") from None
-    expected = {"model_type": spec.family, **spec.config_kwargs,
-                ("max_position_embeddings" if spec.family == "opt" else "n_positions"): spec.seq_len}
+    if spec.family in ENCODER_FAMILIES:
+        expected = {"model_type": "roberta", **spec.config_kwargs, "max_position_embeddings": spec.seq_len + 2}
+    else:
+        expected = {"model_type": spec.family, **spec.config_kwargs,
+                    ("max_position_embeddings" if spec.family == "opt" else "n_positions"): spec.seq_len}
     for key, value in expected.items():
         if cfg.get(key) != value:
             raise ConfigError(where, f"config.json {key}", cfg.get(key), f"{value!r}, as the spec of {spec.name} says")
@@ -449,6 +531,15 @@ def _threads() -> int:
 
 def _model_class_and_config(spec: ZooSpec, vocab_size: int, *, eos_id: int, pad_id: int):
     kw = spec.config_kwargs
+    if spec.family in ENCODER_FAMILIES:
+        from transformers import RobertaForMaskedLM, RobertaForSequenceClassification
+
+        from ..tasks.glue import task_info
+        from .encoder import roberta_config
+
+        if spec.family == "roberta":
+            return RobertaForMaskedLM, roberta_config(spec, vocab_size)
+        return RobertaForSequenceClassification, roberta_config(spec, vocab_size, num_labels=task_info(spec.task).num_labels)
     if spec.family == "opt":
         from transformers import OPTConfig, OPTForCausalLM
 
@@ -574,6 +665,18 @@ _PROGRESS_SECONDS = 30.0
 
 def _build_into(spec: ZooSpec, out: Path, log: Callable[[str], None], device) -> None:
     import torch
+
+    if spec.family in ENCODER_FAMILIES:
+        from .encoder import build_classifier_into, build_mlm_into
+
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(_threads())
+        try:
+            with _DeterministicCuda(device):
+                (build_mlm_into if spec.family == "roberta" else build_classifier_into)(spec, out, log, device)
+        finally:
+            torch.set_num_threads(old_threads)
+        return
     import transformers
 
     from ..jobs import JobContext

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..devices.kinds import KINDS
+from ..devices.kinds import KINDS, get_kind
 from ..models.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxModel, max_positions_of, save_onnx
 
 DEPLOY_GRAPH_NAME = "model.onnx"
@@ -225,10 +225,10 @@ def gap_pct(sim_value: float, deploy_value: float) -> float:
     return 100.0 * (deploy_value - sim_value) / sim_value
 
 
-def evaluate_deployed(sim_model, sim_metrics: dict, ctx, check_tokens) -> tuple[dict, dict]:
+def evaluate_deployed(sim_model, sim_metrics: dict, ctx, check_tokens, kind: str | None = None) -> tuple[dict, dict]:
     """Exports the sim as an ONNX QDQ graph (into ctx.workdir, or a temporary folder),
-    evaluates it with the job's task through onnxruntime on the job's device kind, and
-    returns (metrics, artifacts). check_tokens: a (batch, seq) LongTensor of real token ids
+    evaluates it with the job's task through onnxruntime on device kind `kind` (None: the
+    job's own), and returns (metrics, artifacts). check_tokens: a (batch, seq) LongTensor of real token ids
     the graph's logits are compared with the sim's on (check_against_sim).
 
     metrics: `deploy_<key>` for every number the task returned (deploy_wikitext2_ppl, ...),
@@ -255,10 +255,10 @@ def evaluate_deployed(sim_model, sim_metrics: dict, ctx, check_tokens) -> tuple[
     folder = Path(ctx.workdir or tmp.name) / "deploy"
     try:
         graph = export_qdq_graph(sim_model, folder)
-        deployed = ctx.evaluate(graph)
+        deployed = _evaluate_on(ctx, graph, kind)
         coverage = quantizer_coverage(sim_model, graph.path)
         logits = check_against_sim(sim_model, graph.path, check_tokens)
-        op_changes = _op_changes_or_reason(graph.path, ctx.kind or KINDS["cpu"])
+        op_changes = _op_changes_or_reason(graph.path, get_kind(kind) if kind else ctx.kind or KINDS["cpu"])
         head = next(k for k, v in sim_metrics.items() if isinstance(v, float))
         metrics = {f"deploy_{k}": v for k, v in deployed.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics.update({
@@ -272,6 +272,7 @@ def evaluate_deployed(sim_model, sim_metrics: dict, ctx, check_tokens) -> tuple[
         report = {"metric": head, "sim": sim_metrics[head], "deploy": deployed[head],
                   "sim_deploy_gap_pct": metrics["sim_deploy_gap_pct"], "graph": graph.info,
                   "runtime": deployed.get("eval_settings", {}).get("runtime"), "logits_vs_sim": logits,
+                  "deploy_kind": kind or getattr(ctx.kind, "name", "cpu"),
                   "runtime_op_changes": op_changes, **coverage}
         artifacts = {GAP_REPORT_NAME: json.dumps(report, indent=1).encode()}
         if abs(metrics["sim_deploy_gap_pct"]) > GAP_WARN_PCT:
@@ -286,6 +287,20 @@ def evaluate_deployed(sim_model, sim_metrics: dict, ctx, check_tokens) -> tuple[
         if tmp is not None:
             tmp.cleanup()
     return metrics, artifacts
+
+
+def _evaluate_on(ctx, graph, kind: str | None) -> dict:
+    """The job's task on `graph` with the session on device kind `kind` (None: ctx's own)."""
+    if not kind:
+        return ctx.evaluate(graph)
+    # ctx.evaluate runs the task with ctx itself, whose kind picks the onnxruntime provider:
+    # lend it the deploy kind for this one evaluation.
+    own = ctx.kind
+    ctx.kind = get_kind(kind)
+    try:
+        return ctx.evaluate(graph)
+    finally:
+        ctx.kind = own
 
 
 def _op_changes_or_reason(path, kind):

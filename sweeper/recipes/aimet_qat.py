@@ -25,6 +25,21 @@ The first float tensor of the network (token + position embedding sum, the input
 `transformer.drop`) gets an asymmetric activation quantizer, and the embedding tables are
 quantized as weights; that is the "quantized model input" of this recipe.
 
+Sequence classifiers (GLUE encoders, e.g. RobertaForSequenceClassification) take the same
+path with a classifier wrapper: forward(input_ids, attention_mask, labels=None) returns
+(logits,) or (loss, logits) (cross-entropy, or MSE for a one-output regression head). The
+job's task supplies the training rows (`training_batches`, e.g. tasks.glue.GlueTask), in
+padded batches. The wrapper turns the padded batch's 0/1 mask into the additive mask every
+attention layer adds to its scores: 0 on real tokens, `attention_mask_value` on padded ones
+(None: the dtype's minimum, as transformers does), computed by an aimet elementwise
+Multiply so the mask tensor has its own activation quantizer, and each attention layer adds
+it to its scores with an aimet elementwise Add (`masked_eager_attention`), so the masked
+scores (softmax's input) have an activation quantizer too, as on an integer target. With
+the dtype's minimum those quantizers calibrate to ranges reaching ~-3.4e38: 8 bits then
+cannot resolve the real scores at all (every one rounds to the same level: uniform
+attention), unless a clamp (clamp_value) cuts the range, which moves the padded value to
+-clamp_value. A small value such as the seed's -6 keeps the range where the scores live.
+
 Not quantized (as aimet-torch 2.x builds the sim from leaf modules): the functional ops
 inside attention (QK^T and attention-probability matmuls, softmax, residual adds are
 covered only where their outputs enter a quantized module).
@@ -72,6 +87,13 @@ class AimetQATConfig:
     steps_per_epoch: optimizer steps per epoch (None: one pass over the training blocks).
     calibration_batches: batches used by compute_encodings.
     seed: shuffling and torch seed.
+    deploy_kind: the device kind the exported QDQ graph is evaluated on (deploy_* metrics);
+        None: the job's own kind. A GPU trial whose node has no onnxruntime CUDA provider can
+        still measure its deployable graph with deploy_kind="cpu" (the metrics say where).
+    warmup_frac: linear learning-rate warm-up over this fraction of the training steps, then
+        linear decay to 0 (0: constant learning rate).
+    attention_mask_value: sequence classifiers only: the additive attention mask of padded
+        positions (a negative number; None: the dtype's minimum). See the module docstring.
     """
 
     quant_scheme: str = "range_learning_tf"
@@ -89,6 +111,9 @@ class AimetQATConfig:
     steps_per_epoch: int | None = None
     calibration_batches: int = 8
     seed: int = 0
+    deploy_kind: str | None = None
+    warmup_frac: float = 0.0
+    attention_mask_value: float | None = None
 
     def __post_init__(self):
         check_choice(WHERE, "quant_scheme", self.quant_scheme, tuple(QUANT_SCHEMES))
@@ -109,6 +134,15 @@ class AimetQATConfig:
             check_int(WHERE, "steps_per_epoch", self.steps_per_epoch, 1, 1 << 40)
         check_int(WHERE, "calibration_batches", self.calibration_batches, 1, 10000)
         check_int(WHERE, "seed", self.seed, -(1 << 63), (1 << 63) - 1)
+        if self.deploy_kind is not None and (not isinstance(self.deploy_kind, str) or not self.deploy_kind):
+            raise ConfigError(WHERE, "deploy_kind", self.deploy_kind, "a device kind's name, e.g. 'cpu'")
+        check_float(WHERE, "warmup_frac", self.warmup_frac, 0, 1)
+        if self.attention_mask_value is not None:
+            check_float(WHERE, "attention_mask_value", self.attention_mask_value, -3.0e38, 0)
+            if self.attention_mask_value >= 0:
+                raise ConfigError(WHERE, "attention_mask_value", self.attention_mask_value,
+                                  "a negative number (added to the attention scores of padded positions), "
+                                  "or None for the dtype's minimum")
 
 
 def quantsim_config_dict(config: AimetQATConfig) -> dict:
@@ -160,18 +194,105 @@ def _wrapper_cls():
     return _WRAPPER_CLS
 
 
+_CLASSIFIER_CLS = None
+
+
+def classifier_wrapper_cls():
+    """Returns the (lazily defined, module-level) sequence-classifier wrapper class:
+    ClassifierTupleOutput(classifier, attention_mask_value)."""
+    global _CLASSIFIER_CLS
+    if _CLASSIFIER_CLS is None:
+        import torch
+        from aimet_torch.nn.modules.custom import Multiply
+
+        class ClassifierTupleOutput(torch.nn.Module):
+            """Wraps a transformers sequence classifier: forward(input_ids, attention_mask=None,
+            labels=None) returns (logits,) or (loss, logits). The 0/1 padding mask becomes the
+            additive (batch, 1, 1, seq) mask `mask_scale((1 - mask), value)`: 0 on real tokens,
+            `value` on padded ones (None: the float dtype's minimum)."""
+
+            def __init__(self, clf, mask_value: float | None):
+                super().__init__()
+                self.clf = clf
+                self.config = clf.config
+                value = torch.finfo(torch.float32).min if mask_value is None else float(mask_value)
+                self.register_buffer("mask_value", torch.tensor(value, dtype=torch.float32))
+                self.mask_scale = Multiply()  # aimet quantizes its output: the mask's own quantizer
+
+            def forward(self, input_ids, attention_mask=None, labels=None):
+                from ..tasks.glue import classification_loss
+
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                padded = 1.0 - attention_mask[:, None, None, :].to(self.mask_value.dtype)
+                additive = self.mask_scale(padded, self.mask_value)
+                logits = self.clf(input_ids=input_ids, attention_mask=additive, return_dict=True).logits
+                return (logits,) if labels is None else (classification_loss(logits, labels), logits)
+
+        ClassifierTupleOutput.__module__ = __name__
+        ClassifierTupleOutput.__qualname__ = "ClassifierTupleOutput"
+        globals()["ClassifierTupleOutput"] = ClassifierTupleOutput  # picklable by reference
+        _CLASSIFIER_CLS = ClassifierTupleOutput
+    return _CLASSIFIER_CLS
+
+
+ATTENTION_IMPL = "sweeper_masked_eager"
+
+
+def masked_eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention, except that the mask is added to the scores by the
+    attention module's `score_add` (an aimet elementwise Add, so the masked scores, softmax's
+    input, get an activation quantizer) where it has one. Returns (output, probabilities)."""
+    import torch
+
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        add = getattr(module, "score_add", None)
+        scores = add(scores, attention_mask) if add is not None else scores + attention_mask
+    probs = torch.nn.functional.softmax(scores, dim=-1)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
+
+
+def prepare_classifier(clf, mask_value: float | None):
+    """Returns the QuantSim-ready wrapper of sequence classifier `clf` (modified in place:
+    pass a copy): every self-attention module (one with query, key and scaling) gets a
+    `score_add` module and the model runs masked_eager_attention; the wrapper turns 0/1
+    padding masks into additive ones with `mask_value` (None: the dtype's minimum)."""
+    from aimet_torch.nn.modules.custom import Add
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_IMPL, masked_eager_attention)
+    for m in clf.modules():
+        if all(hasattr(m, a) for a in ("query", "key", "scaling")):
+            m.score_add = Add()
+    clf.config._attn_implementation = ATTENTION_IMPL
+    return classifier_wrapper_cls()(clf, mask_value)
+
+
+def is_sequence_classifier(model) -> bool:
+    """Returns whether `model` is a transformers sequence classifier (...ForSequenceClassification)."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
 def _replace_tanh_gelu(model) -> int:
-    """Replaces transformers' tanh-approximation GELU modules with torch.nn.GELU('tanh');
+    """Replaces transformers' GELU modules (tanh approximation, and the exact erf GELU that
+    BERT/RoBERTa use) with torch.nn.GELU of the same formula (aimet only knows torch's);
     returns the count."""
     import torch
     from transformers import activations
 
-    kinds = tuple(getattr(activations, n) for n in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh")
-                  if hasattr(activations, n))
-    targets = [(n, m) for n, m in model.named_modules() if kinds and isinstance(m, kinds)]
-    for name, _ in targets:
+    tanh = tuple(getattr(activations, n) for n in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh")
+                 if hasattr(activations, n))
+    exact = tuple(getattr(activations, n) for n in ("GELUActivation",) if hasattr(activations, n))
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, tanh + exact)
+               and not (isinstance(m, exact) and getattr(m, "act", torch.nn.functional.gelu) is not torch.nn.functional.gelu)]
+    for name, m in targets:
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, torch.nn.GELU(approximate="tanh"))
+        approx = "tanh" if isinstance(m, tanh) else "none"
+        setattr(model.get_submodule(parent) if parent else model, child, torch.nn.GELU(approximate=approx))
     return len(targets)
 
 
@@ -213,21 +334,104 @@ def clamp_activation_ranges(sim_model, clamp_value: float) -> int:
     return changed
 
 
+@dataclass
+class Workload:
+    """What the QAT loop needs of one kind of model (causal LM or sequence classifier).
+
+    fp_model: the wrapped float model QuantSim is built on. dummy: its example inputs (a
+    tuple). calib: input tuples for compute_encodings. epoch(): one epoch of training
+    batches, each (inputs tuple, labels). steps: batches per epoch. input_names: the ONNX
+    export's inputs. check_tokens: ids for the deployed graph's check (None: the deployed
+    graph is not measured). info: settings for the trial's info."""
+
+    fp_model: object
+    dummy: tuple
+    calib: list
+    epoch: object
+    steps: int
+    input_names: list
+    check_tokens: object
+    info: dict
+
+
+def _causal_lm_workload(lm, config: AimetQATConfig, ctx, device) -> Workload:
+    import torch
+
+    from ..tasks.perplexity import model_max_positions
+
+    max_pos = model_max_positions(lm)
+    seq_len = config.seq_len or max_pos
+    if seq_len > max_pos:
+        raise ConfigError(WHERE, "seq_len", seq_len, f"at most the model's {max_pos} positions")
+    blocks = _token_blocks(ctx, seq_len)
+    bs = config.batch_size
+    calib = [(blocks[i : i + bs],) for i in range(0, len(blocks), bs)][: config.calibration_batches]
+    gen = torch.Generator().manual_seed(config.seed)
+    n_blocks = len(blocks)
+    steps = config.steps_per_epoch or math.ceil(n_blocks / bs)
+    state = {"order": torch.empty(0, dtype=torch.long)}
+
+    def epoch():
+        out = []
+        for step in range(1, steps + 1):
+            order = state["order"]
+            if len(order) < bs and (config.steps_per_epoch is not None or step == 1):
+                order = torch.cat([order, torch.randperm(n_blocks, generator=gen)])
+            idx, state["order"] = order[:bs], order[bs:]
+            batch = blocks[idx]
+            out.append(((batch,), batch))
+        return out
+
+    return Workload(_wrapper_cls()(lm), (calib[0][0][:1],), calib, epoch, steps, ["input_ids"], calib[0][0][:2],
+                    {"seq_len": seq_len, "train_blocks": n_blocks})
+
+
+def _classifier_workload(clf, config: AimetQATConfig, ctx) -> Workload:
+    task = getattr(ctx, "task", None)
+    if not hasattr(task, "training_data"):
+        raise ConfigError(WHERE, "task", type(task).__name__,
+                          "a task that supplies training rows (e.g. glue) for a sequence classifier")
+    epoch_fn, steps, settings = task.training_data(ctx, config.batch_size, config.seed)
+    if config.steps_per_epoch is not None:
+        full, steps = epoch_fn, config.steps_per_epoch
+
+        def epoch_fn():
+            out = []
+            while len(out) < steps:
+                out += full()
+            return out[:steps]
+
+    first = epoch_fn()
+    calib = [(x, m) for x, m, _ in first][: config.calibration_batches]
+    x0, m0 = calib[0]
+
+    def epoch():
+        return [((x, m), y) for x, m, y in epoch_fn()]
+
+    mask_value = config.attention_mask_value
+    return Workload(prepare_classifier(clf, mask_value), (x0[:1], m0[:1]), calib, epoch, steps,
+                    ["input_ids", "attention_mask"], None,
+                    {**settings, "attention_mask_value": "dtype min" if mask_value is None else mask_value,
+                     "deployed_graph": "not measured for sequence classifiers (the deployed check reads a causal LM)"})
+
+
 def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
-    """Builds an aimet QuantSim of a copy of `model`, calibrates it, clamps activation ranges,
+    """Builds an aimet QuantSim of a copy of `model` (a causal LM, or a sequence classifier
+    whose training rows come from the job's task), calibrates it, clamps activation ranges,
     reports the PTQ result as epoch 0, fine-tunes for config.epochs epochs (reporting each),
-    exporting the encodings with every report (as its artifacts). The last report also
-    carries the deployed ONNX QDQ graph's metrics and files (aimet_export.evaluate_deployed):
-    deploy_<metric>, sim_deploy_gap_pct, model.onnx, deploy_gap_by_op.json (every report
-    carries them, so a trial stopped early by the scheduler has them too). Returns
-    Quantized(model=sim.model, artifacts={"encodings.json": aimet's exported encodings
-    (format 1.0.0), and the deployed graph's files}, reported=True, info={...})."""
+    exporting the encodings with every report (as its artifacts). For causal LMs the last
+    report also carries the deployed ONNX QDQ graph's metrics and files
+    (aimet_export.evaluate_deployed): deploy_<metric>, sim_deploy_gap_pct, model.onnx,
+    deploy_gap_by_op.json (every report carries them, so a trial stopped early by the
+    scheduler has them too). Returns Quantized(model=sim.model, artifacts={"encodings.json":
+    aimet's exported encodings (format 1.0.0), and the deployed graph's files},
+    reported=True, info={...})."""
     import torch
     from aimet_torch.common.defs import QuantScheme
     from aimet_torch.quantsim import QuantizationSimModel
 
     from ..models.conv1d import convert_conv1d_to_linear
-    from ..tasks.perplexity import model_max_positions
+    from ..models.training import adamw_with_schedule, train_epoch
     from .aimet_export import evaluate_deployed
 
     if ctx.evaluate is None:
@@ -235,22 +439,18 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     device = ctx.device if isinstance(ctx.device, torch.device) else torch.device(ctx.device)
     torch.manual_seed(config.seed)
 
-    max_pos = model_max_positions(model)
-    seq_len = config.seq_len or max_pos
-    if seq_len > max_pos:
-        raise ConfigError(WHERE, "seq_len", seq_len, f"at most the model's {max_pos} positions")
-    blocks = _token_blocks(ctx, seq_len)
-
-    lm = copy.deepcopy(model).to(device).eval()
-    n_conv1d = convert_conv1d_to_linear(lm)
-    n_gelu = _replace_tanh_gelu(lm)
-    fp_model = _wrapper_cls()(lm)
+    classifier = is_sequence_classifier(model)
+    if config.attention_mask_value is not None and not classifier:
+        raise ConfigError(WHERE, "attention_mask_value", config.attention_mask_value,
+                          "None for a causal LM (its blocks are unpadded; the value applies to sequence classifiers)")
+    inner = copy.deepcopy(model).to(device).eval()
+    n_conv1d = convert_conv1d_to_linear(inner)
+    n_gelu = _replace_tanh_gelu(inner)
+    work = _classifier_workload(inner, config, ctx) if classifier else _causal_lm_workload(inner, config, ctx, device)
+    fp_model = work.fp_model.to(device)
+    dummy = tuple(t.to(device) for t in work.dummy)
 
     scheme_name, learn_ranges = QUANT_SCHEMES[config.quant_scheme]
-    bs = config.batch_size
-    calib = [blocks[i : i + bs] for i in range(0, len(blocks), bs)][: config.calibration_batches]
-    dummy = calib[0][:1].to(device)
-
     with tempfile.TemporaryDirectory(prefix="aimet_qat_") as tmp:
         cfg_path = os.path.join(tmp, "quantsim_config.json")
         with open(cfg_path, "w") as f:
@@ -262,9 +462,9 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         sim.set_percentile_value(config.percentile)
 
     def calibrate(m):
-        for batch in calib:
+        for inputs in work.calib:
             ctx.check_cancelled()
-            m(batch.to(device))
+            m(*(t.to(device) for t in inputs))
 
     sim.compute_encodings(calibrate)
     n_clamped = clamp_activation_ranges(sim.model, config.clamp_value) if config.clamp_value is not None else 0
@@ -278,8 +478,8 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     def export_encodings() -> bytes:
         with tempfile.TemporaryDirectory(prefix="aimet_qat_export_") as tmp:
             onnx_path = os.path.join(tmp, "model.onnx")
-            sim.onnx.export(args=(dummy,), f=onnx_path, dynamo=False, encoding_version="1.0.0",
-                            input_names=["input_ids"], output_names=["logits"])
+            sim.onnx.export(args=dummy, f=onnx_path, dynamo=False, encoding_version="1.0.0",
+                            input_names=work.input_names, output_names=["logits"])
             with open(os.path.join(tmp, "model.encodings"), "rb") as f:
                 return f.read()
 
@@ -293,12 +493,14 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         # ride only the last planned report (the checkpoint keeps the latest artifacts).
         encodings = export_encodings()
         artifacts = {"encodings.json": encodings}
-        deploy_metrics, deployed_files = evaluate_deployed(sim.model, metrics, ctx, check_tokens=calib[0][:2])
-        metrics = {**metrics, **deploy_metrics}
-        artifacts.update(deployed_files)
-        if last:
-            deploy_artifacts.update(deployed_files)
-        ctx.log(f"aimet_qat: deployed QDQ graph (onnxruntime): {_short(deploy_metrics)}")
+        if work.check_tokens is not None:
+            deploy_metrics, deployed_files = evaluate_deployed(sim.model, metrics, ctx, check_tokens=work.check_tokens,
+                                                                kind=config.deploy_kind)
+            metrics = {**metrics, **deploy_metrics}
+            artifacts.update(deployed_files)
+            if last:
+                deploy_artifacts.update(deployed_files)
+            ctx.log(f"aimet_qat: deployed QDQ graph (onnxruntime): {_short(deploy_metrics)}")
         ctx.report(metrics, artifacts)
         return encodings
 
@@ -306,32 +508,19 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     encodings = report({**metrics, "epoch": 0}, last=config.epochs == 0)
     ctx.log(f"aimet_qat: epoch 0 (PTQ after init): {_short(metrics)}; {n_clamped} activation ranges clamped")
 
-    params = [p for p in sim.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(config.seed)
-    n_blocks = len(blocks)
-    steps = config.steps_per_epoch or math.ceil(n_blocks / bs)
-    order = torch.empty(0, dtype=torch.long)
+    opt, sched = adamw_with_schedule(sim.model, lr=config.lr, weight_decay=config.weight_decay,
+                                     total_steps=config.epochs * work.steps, warmup_frac=config.warmup_frac)
+
+    def loss_of(batch):
+        inputs, labels = batch
+        return sim.model(*(t.to(device) for t in inputs), labels=labels.to(device))[0]
+
     train_losses = []
     for epoch in range(1, config.epochs + 1):
         sim.model.train()
-        total, count = 0.0, 0
-        for step in range(1, steps + 1):
-            ctx.check_cancelled()
-            if len(order) < bs and (config.steps_per_epoch is not None or step == 1):
-                order = torch.cat([order, torch.randperm(n_blocks, generator=gen)])
-            idx, order = order[:bs], order[bs:]
-            batch = blocks[idx].to(device)
-            loss = sim.model(batch, labels=batch)[0]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{WHERE}: training loss is {loss.item()} at epoch {epoch} step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-            count += 1
+        train_loss = train_epoch(work.epoch(), loss_of, opt, sched, epoch=epoch, where=WHERE,
+                                 check_cancelled=ctx.check_cancelled)
         sim.model.eval()
-        train_loss = total / count
         train_losses.append(train_loss)
         metrics = ctx.evaluate(sim.model)
         encodings = report({**metrics, "epoch": epoch, "train_loss": train_loss}, last=epoch == config.epochs)
@@ -342,9 +531,8 @@ def quantize_aimet_qat(model, config: AimetQATConfig, ctx) -> Quantized:
         "conv1d_converted": n_conv1d,
         "gelu_replaced": n_gelu,
         "activation_ranges_clamped": n_clamped,
-        "seq_len": seq_len,
-        "train_blocks": n_blocks,
-        "steps_per_epoch": steps,
+        **work.info,
+        "steps_per_epoch": work.steps,
         "train_losses": train_losses,
         "encoding_version": "1.0.0",
     }

@@ -22,13 +22,10 @@ def onnx_wikitext2_perplexity(model: OnnxModel, config, ctx) -> dict:
 
     from ..devices.kinds import KINDS
     from ..devices.ort_session import create_session
-    from .perplexity import CPU_AUTO_BATCH, perplexity_result, perplexity_windows, tokenize_split
+    from .perplexity import CPU_AUTO_BATCH
+    from .windows import by_length, evaluation_tokens, perplexity_result, perplexity_windows
 
-    key = ("wikitext2-tokens", getattr(ctx.tokenizer, "name_or_path", id(ctx.tokenizer)), len(ctx.tokenizer),
-           config.dataset, config.split)
-    ids, text = ctx.cached(key, lambda: tokenize_split(ctx.tokenizer, config.dataset, config.split))
-    if config.max_tokens is not None:
-        ids = ids[: config.max_tokens]
+    ids, text = evaluation_tokens(config, ctx)
     context_length, stride = config.resolved(model.max_positions)
     windows = perplexity_windows(len(ids), context_length, stride)
     kind = getattr(ctx, "kind", None) or KINDS["cpu"]
@@ -36,13 +33,10 @@ def onnx_wikitext2_perplexity(model: OnnxModel, config, ctx) -> dict:
     # "auto" sizes torch batches from free GPU memory; an ORT session's memory is its own
     batch_size = config.batch_size if isinstance(config.batch_size, int) else CPU_AUTO_BATCH
     ids_np = ids.numpy().astype(np.int64)
-    by_len: dict[int, list] = {}
-    for w in windows:
-        by_len.setdefault(w.end - w.begin, []).append(w)
     nll_sum, scored = 0.0, 0
     full_batch_s = []  # wall time of each full batch of full-length windows
     t0 = time.perf_counter()
-    for length, group in by_len.items():
+    for length, group in by_length(windows).items():
         for i in range(0, len(group), batch_size):
             ctx.check_cancelled()
             chunk = group[i : i + batch_size]
@@ -52,9 +46,8 @@ def onnx_wikitext2_perplexity(model: OnnxModel, config, ctx) -> dict:
             if length == context_length and len(chunk) == batch_size:
                 full_batch_s.append(time.perf_counter() - t_run)
             for row, w in enumerate(chunk):
-                first = w.score_from - w.begin - 1  # position p predicts token p + 1
-                lg = logits[row, first : length - 1].float()
-                tgt = torch.from_numpy(batch[row, first + 1 : length])
+                lg = logits[row, w.scored].float()
+                tgt = torch.from_numpy(batch[row, w.scored.start + 1 : w.scored.stop + 1])
                 nll_sum += torch.nn.functional.cross_entropy(lg, tgt, reduction="sum").item()
                 scored += tgt.numel()
     seconds = time.perf_counter() - t0

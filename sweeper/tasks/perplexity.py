@@ -10,39 +10,16 @@ materialised; other models (wrapped, quantised, traced) go through their own for
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..config import check_bool, check_choice, check_int
 from ..data import load_wikitext
 from ..registry import TASKS
+# the windows' bookkeeping, shared with the ONNX path (re-exported: callers import it from here)
+from .windows import Window, by_length, evaluation_tokens, perplexity_result, perplexity_windows, tokenize_split  # noqa: F401
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class Window:
-    """One evaluation window: tokens [begin, end) are fed, tokens [score_from, end) scored."""
-
-    begin: int
-    end: int
-    score_from: int
-
-
-def perplexity_windows(n_tokens: int, context_length: int, stride: int) -> list[Window]:
-    """Returns the sliding windows over a sequence of `n_tokens` tokens. Every token but the
-    first is scored exactly once (the first has no context to be predicted from)."""
-    windows, prev_end = [], 0
-    for begin in range(0, n_tokens, stride):
-        end = min(begin + context_length, n_tokens)
-        score_from = max(prev_end, begin + 1)
-        if end > score_from:
-            windows.append(Window(begin, end, score_from))
-        prev_end = end
-        if end == n_tokens:
-            break
-    return windows
 
 
 # Causal LMs whose forward is exactly `lm_head(get_decoder()(input_ids).last_hidden_state)`
@@ -186,15 +163,12 @@ def _head_fn(head, amp_dtype):
 
 
 def _scored_flat_index(chunk: list[Window], length: int):
-    """Returns a LongTensor of flat positions row*length + p whose outputs are scored: position
-    p predicts token p+1, and tokens [score_from, end) of each window are scored."""
+    """Returns a LongTensor of flat positions row*length + p whose outputs are scored
+    (`Window.scored` of each row)."""
     import torch
 
-    parts = []
-    for row, w in enumerate(chunk):
-        first = w.score_from - w.begin - 1
-        parts.append(torch.arange(row * length + first, row * length + length - 1))
-    return torch.cat(parts)
+    return torch.cat([torch.arange(row * length + w.scored.start, row * length + w.scored.stop)
+                      for row, w in enumerate(chunk)])
 
 
 def _sum_nll(model, ids, windows, batch_size, device, amp_dtype, check_cancelled, loss_chunk_tokens=4096,
@@ -224,14 +198,11 @@ def _sum_nll(model, ids, windows, batch_size, device, amp_dtype, check_cancelled
     ids_dev = ids.to(device)
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     scored = 0
-    by_len: dict[int, list[Window]] = {}
-    for w in windows:
-        by_len.setdefault(w.end - w.begin, []).append(w)
     # one autocast region for the whole run keeps its cache of low-precision weights
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                                 enabled=amp_dtype is not None), \
             _fused_tanh_gelu(model, parts is not None and amp_dtype is not None):
-        for length, group in by_len.items():
+        for length, group in by_length(windows).items():
             offsets = torch.arange(length, device=device)
             for i in range(0, len(group), batch_size):
                 check_cancelled()
@@ -309,6 +280,12 @@ class WikiText2PPL:
         check_int(where, "loss_chunk_tokens", self.loss_chunk_tokens, 1, 1 << 24)
         check_bool(where, "torch_compile", self.torch_compile)
 
+    def eval_budget_s(self) -> float:
+        """Returns the seconds one evaluation may take before it counts as hung: 120 s plus
+        20 ms per token evaluated (the whole split, ~300k tokens, when max_tokens is unset),
+        generous for a ~100M-parameter model on one CPU core."""
+        return 120.0 + 0.02 * (self.max_tokens or 300_000)
+
     def check_data(self) -> None:
         """Raises DataNotFoundError now, before Ray starts, if the split can't be found."""
         load_wikitext(self.dataset, self.split)
@@ -333,22 +310,6 @@ def model_max_positions(model) -> int:
     raise ValueError("cannot tell the model's maximum sequence length; set context_length")
 
 
-def tokenize_split(tokenizer, dataset: str, split: str):
-    """Returns (1-D LongTensor of token ids, TextSplit) for a WikiText-2 split."""
-    import torch
-
-    text = load_wikitext(dataset, split)
-    ids = tokenizer(text.text, return_attention_mask=False, verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long), text
-
-
-def _perplexity(mean_nll: float) -> float:
-    """Returns exp(mean_nll); inf past float range (a diverged model), NaN for a NaN loss."""
-    if math.isnan(mean_nll):
-        return float("nan")
-    return math.exp(mean_nll) if mean_nll < 709.0 else float("inf")
-
-
 def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
     """Returns {'wikitext2_ppl': perplexity, 'wikitext2_nll': mean NLL in nats/token,
     'wikitext2_scored_tokens': count, 'eval_settings': {...}} for `model` on the split.
@@ -362,10 +323,7 @@ def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
 
         return onnx_wikitext2_perplexity(model, config, ctx)
 
-    key = ("wikitext2-tokens", getattr(ctx.tokenizer, "name_or_path", id(ctx.tokenizer)), len(ctx.tokenizer), config.dataset, config.split)
-    ids, text = ctx.cached(key, lambda: tokenize_split(ctx.tokenizer, config.dataset, config.split))
-    if config.max_tokens is not None:
-        ids = ids[: config.max_tokens]
+    ids, text = evaluation_tokens(config, ctx)
     context_length, stride = config.resolved(model_max_positions(model))
     windows = perplexity_windows(len(ids), context_length, stride)
     device = ctx.device if isinstance(ctx.device, torch.device) else torch.device(ctx.device)
@@ -389,20 +347,6 @@ def wikitext2_perplexity(model, config: WikiText2PPL, ctx) -> dict:
         "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "unit": "perplexity (exp of mean NLL in nats per scored token)",
     })
-
-
-def perplexity_result(nll_sum: float, scored: int, config: WikiText2PPL, context_length: int, stride: int,
-                      join: str, settings: dict) -> dict:
-    """Returns the task's result: wikitext2_ppl, wikitext2_nll (mean nats per scored token),
-    wikitext2_scored_tokens and eval_settings (the windows' settings plus `settings`)."""
-    mean_nll = nll_sum / scored
-    return {
-        "wikitext2_ppl": _perplexity(mean_nll),
-        "wikitext2_nll": mean_nll,
-        "wikitext2_scored_tokens": scored,
-        "eval_settings": {"dataset": config.dataset, "split": config.split, "context_length": context_length,
-                          "stride": stride, "max_tokens": config.max_tokens, "join": join, **settings},
-    }
 
 
 TASKS.register("wikitext2_ppl", wikitext2_perplexity)(WikiText2PPL)
