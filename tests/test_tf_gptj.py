@@ -175,6 +175,18 @@ def test_without_tensorflow_one_line_how_to_install():
     assert re.search(r"TFUnavailable: .*install the tf extra: pip install -e '\.\[tf\]'$", last)
 
 
+def test_tf_worker_process_can_still_load_torch_models():
+    """A TF worker imports TensorFlow at start, then loads a transformers model (which pulls
+    in triton): in that order the process must live, with oneDNN on for INC's INT8 kernels."""
+    code = ("import os; from sweeper.models.tf_runtime import require_tf; require_tf(); "
+            "import transformers.generation.utils, torch._dynamo; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TF_ENABLE_ONEDNN_OPTS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1"
+
+
 def test_tf_worker_kinds(monkeypatch):
     from sweeper.devices.kinds import KINDS
     from sweeper.devices.tf_workers import start_error, tf_kind

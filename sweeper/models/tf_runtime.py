@@ -26,6 +26,23 @@ def onednn_hint() -> str:
             f" imported): set {ONEDNN_ENV}=1 before anything imports TensorFlow; INC's INT8 kernels need it.")
 
 
+def load_triton_first() -> bool:
+    """Imports triton (torch's kernel compiler) when it is installed and TensorFlow is not
+    yet imported; returns whether triton is loaded. Both bundle LLVM: a process that loads
+    TensorFlow and then triton (as transformers does lazily, through torch._dynamo, when a
+    model is loaded) dies with SIGSEGV (seen: TF 2.21, triton 3.8); the other order works."""
+    import importlib.util
+    import sys
+
+    if "triton" in sys.modules:
+        return True
+    if "tensorflow" in sys.modules or importlib.util.find_spec("triton") is None:
+        return False
+    import triton  # noqa: F401
+
+    return True
+
+
 def require_tf():
     """Returns the tensorflow module, or raises TFUnavailable saying how to install it."""
     # TF's C++ start-up chatter (oneDNN notices, CPU feature lines) is not for the console
@@ -36,6 +53,7 @@ def require_tf():
     # AVX512/VNNI, and there every INT8 MatMul fails at run time ("Missing 0-th output"),
     # on TF 2.16 to 2.21 alike. Read once, when TF is first imported.
     os.environ.setdefault(ONEDNN_ENV, "1")
+    load_triton_first()
     try:
         import tensorflow as tf
     except ImportError as exc:
