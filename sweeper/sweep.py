@@ -296,6 +296,10 @@ def start_sweep(exp: Experiment, store) -> Sweep:
     metric, mode = exp.objective
     init_ray(namespace, shared_zoo)
     kinds = resolve_kinds(exp)
+    if exp.model_format == "tf":  # TF workers: their own runtime_env on a cluster, checked at start
+        from .devices.tf_workers import tf_kind
+
+        kinds = {n: tf_kind(k) for n, k in kinds.items()}
     workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}
     names = list(kinds)
     print(f"[sweeper] {exp.name}: workers {', '.join(f'{n} x{c}' for n, c in workers.items())}, model {exp.model}, "

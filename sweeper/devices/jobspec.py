@@ -22,5 +22,5 @@ class JobSpec:
     trial_id: str = ""
     trust_remote_code: bool = False
     plugins: tuple = ()  # user modules / .py files that register recipes or tasks
-    model_format: str = "torch"  # "onnx": the worker exports the model and the job works on the graph
+    model_format: str = "torch"  # "onnx"/"tf": the worker exports the model (ONNX graph, TF SavedModel) and the job works on that
     onnx_opset: int = 18

@@ -20,6 +20,11 @@ class DeviceKind:
     precision_env: {precision: {ENV_VAR: value}} for providers that switch precision
     through the environment (Enflame's TopsInference EP: ORT_TOPSINFERENCE_FP16_ENABLE);
     a precision not listed here is had by converting the graph itself (e.g. to FP16).
+    runtime_env: the Ray runtime_env its workers start in ({}: the driver's environment);
+    on a cluster, TF sweeps give their kinds one that installs the `tf` extra
+    (devices/tf_workers.py), so torch-only workers need not carry TensorFlow.
+    frameworks: what its workers must be able to import besides torch and onnxruntime
+    (("tensorflow",) for TF jobs); a worker that cannot refuses to start, naming its node.
     """
 
     name: str
@@ -28,6 +33,8 @@ class DeviceKind:
     threads: int = 1
     providers: tuple = (("CPUExecutionProvider", {}),)
     precision_env: dict = field(default_factory=dict)
+    runtime_env: dict = field(default_factory=dict)
+    frameworks: tuple = ()
 
     @property
     def provider(self) -> str:
@@ -40,6 +47,8 @@ class DeviceKind:
         opts = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0)}
         if res:
             opts["resources"] = res
+        if self.runtime_env:
+            opts["runtime_env"] = dict(self.runtime_env)
         return opts
 
 

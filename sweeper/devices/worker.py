@@ -44,6 +44,7 @@ class WorkerCounters:
 
     model: CacheCounter = field(default_factory=CacheCounter)
     onnx: CacheCounter = field(default_factory=CacheCounter)
+    tf: CacheCounter = field(default_factory=CacheCounter)
     data: CacheCounter = field(default_factory=CacheCounter)
     jobs_started: int = 0
     jobs_done: int = 0
@@ -52,10 +53,10 @@ class WorkerCounters:
     busy_s: float = 0.0
 
     def family(self, key) -> CacheCounter:
-        """Returns the counter of the cache family of `key`: a tuple starting "model" or
-        "onnx" counts there, anything else is data."""
+        """Returns the counter of the cache family of `key`: a tuple starting "model", "onnx"
+        or "tf" counts there, anything else is data."""
         head = key[0] if isinstance(key, tuple) and key else None
-        return self.model if head == "model" else self.onnx if head == "onnx" else self.data
+        return {"model": self.model, "onnx": self.onnx, "tf": self.tf}.get(head, self.data)
 
     def count_end(self, state: str, seconds: float) -> None:
         """Counts a job that ended in `state` after `seconds` of work."""
@@ -69,9 +70,11 @@ class WorkerCounters:
 
     def as_dict(self) -> dict:
         """Returns the counters flat, as the summary reports them (model_loads, model_cache_hits,
-        onnx_exports, onnx_cache_hits, data_builds, data_cache_hits, jobs_*, busy_s)."""
+        onnx_exports, onnx_cache_hits, tf_exports, tf_cache_hits, data_builds, data_cache_hits,
+        jobs_*, busy_s)."""
         return {"model_loads": self.model.builds, "model_cache_hits": self.model.hits,
                 "onnx_exports": self.onnx.builds, "onnx_cache_hits": self.onnx.hits,
+                "tf_exports": self.tf.builds, "tf_cache_hits": self.tf.hits,
                 "data_builds": self.data.builds, "data_cache_hits": self.data.hits,
                 "jobs_started": self.jobs_started, "jobs_done": self.jobs_done, "jobs_failed": self.jobs_failed,
                 "jobs_cancelled": self.jobs_cancelled, "busy_s": self.busy_s}
@@ -106,6 +109,10 @@ class DeviceWorker:
                 check_provider(kind)
             except ProviderUnavailable as exc:  # reported by info(); the pool refuses to start
                 self._start_error = str(exc)
+        if getattr(kind, "frameworks", ()):  # a TF sweep: TensorFlow must import on this node
+            from .tf_workers import start_error
+
+            self._start_error = self._start_error or start_error(kind)
         self.worker_id, self.kind, self.kind_name = worker_id, kind, kind.name
         self.torch_device = kind.torch_device
         torch.set_num_threads(max(1, kind.threads))
@@ -313,6 +320,11 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
     if spec.model_format == "onnx":
         model = worker.cached(("onnx", loaded.content_key, spec.onnx_opset),
                               lambda: _export(worker, loaded, spec.onnx_opset, log))
+    elif spec.model_format == "tf":
+        from ..models.tf_export import export_loaded
+
+        model = worker.cached(("tf", loaded.content_key),
+                              lambda: export_loaded(loaded, Path(worker.scratch.name) / f"saved-{loaded.content_key[:16]}", log))
     final: dict = {}
 
     def report(metrics: dict, artifacts: dict | None = None):

@@ -36,7 +36,7 @@ from ..errors import ConfigError, DeviceUnavailable
 # Bump when the training or evaluation code changes what a build produces.
 BUILD_VERSION = 1
 
-FAMILIES = ("gpt2", "opt", "roberta", "roberta-cls")
+FAMILIES = ("gpt2", "opt", "gptj", "roberta", "roberta-cls")
 ENCODER_FAMILIES = ("roberta", "roberta-cls")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -158,6 +158,22 @@ register(ZooSpec(
     eval_batch_size=64,
     description="OPT architecture (OPTForCausalLM), 2 layers, 128 wide, 4 heads, ReLU FFN 512, 128 positions, "
                 "own 4096-token byte-level BPE",
+))
+
+
+register(ZooSpec(
+    name="gptj-ref",
+    family="gptj",
+    config=tuple(sorted(dict(n_embd=128, n_layer=2, n_head=4, n_inner=512, rotary_dim=16, resid_pdrop=0.0,
+                             embd_pdrop=0.0, attn_pdrop=0.0).items())),
+    vocab_size=4096,
+    seq_len=128,
+    batch_size=16,
+    steps=400,  # same budget as gpt2-ref: ~2 min on 2 cores
+    lr=3e-3,
+    eval_batch_size=64,
+    description="GPT-J architecture (GPTJForCausalLM: rotary on 16 of each head's 32 dims, parallel attention "
+                "and MLP), 2 layers, 128 wide, 4 heads, gelu_new FFN 512, 128 positions, own 4096-token byte-level BPE",
 ))
 
 
@@ -529,6 +545,11 @@ def _model_class_and_config(spec: ZooSpec, vocab_size: int, *, eos_id: int, pad_
 
         return OPTForCausalLM, OPTConfig(vocab_size=vocab_size, max_position_embeddings=spec.seq_len, bos_token_id=eos_id,
                                          eos_token_id=eos_id, pad_token_id=pad_id, **kw)
+    if spec.family == "gptj":
+        from transformers import GPTJConfig, GPTJForCausalLM
+
+        return GPTJForCausalLM, GPTJConfig(vocab_size=vocab_size, n_positions=spec.seq_len, bos_token_id=eos_id,
+                                           eos_token_id=eos_id, pad_token_id=pad_id, **kw)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     return GPT2LMHeadModel, GPT2Config(vocab_size=vocab_size, n_positions=spec.seq_len, bos_token_id=eos_id,

@@ -1,6 +1,6 @@
 """Quantizers, one module per backend; importing this package registers them."""
 from ..registry import RECIPES
-from . import aimet_qat, onnx_precision, onnx_ptq  # noqa: F401
+from . import aimet_qat, inc_static, onnx_precision, onnx_ptq  # noqa: F401
 
 
 def quantize(model, config, ctx):

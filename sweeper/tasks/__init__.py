@@ -1,6 +1,7 @@
 """Evaluations, one module each; importing this package registers them."""
 from ..registry import TASKS
 from .glue import GlueTask
+from .lambada import LambadaTask, lambada
 from .perplexity import WikiText2PPL, perplexity_windows, wikitext2_perplexity
 
 
@@ -9,4 +10,5 @@ def evaluate(model, config, ctx):
     return TASKS.for_config(config).fn(model, config, ctx)
 
 
-__all__ = ["GlueTask", "WikiText2PPL", "evaluate", "perplexity_windows", "wikitext2_perplexity"]
+__all__ = ["GlueTask", "LambadaTask", "WikiText2PPL", "evaluate", "lambada", "perplexity_windows",
+           "wikitext2_perplexity"]
