@@ -63,7 +63,7 @@ def main() -> int:
     import torch
 
     from sweeper.models.onnx_export import export_causal_lm
-    from sweeper.tracking import format_table
+    from sweeper.reports.tracking import format_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="gpt2-ref,opt-ref,opt-125m-random")

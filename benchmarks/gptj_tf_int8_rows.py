@@ -30,7 +30,7 @@ def main() -> int:
     from sweeper.recipes.inc_static import IncStaticConfig, quantize_tf
     from sweeper.tasks.lambada import LambadaTask, lambada
     from sweeper.tasks.runtime_agreement import compare_runtimes
-    from sweeper.tracking import format_table
+    from sweeper.reports.tracking import format_table
 
     task = LambadaTask(objective="lambada_ppl" if args.model.endswith("-ref") else "lambada_acc",
                        max_samples=args.max_samples, batch_size=16, timing_batch_size=8, warmup_runs=3, timed_runs=10)

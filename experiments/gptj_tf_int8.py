@@ -120,7 +120,7 @@ def report(summary_path: Path, smoke: bool, log_wandb: bool = True) -> dict:
     """Adds to the summary at `summary_path` the seed-shaped table and the torch/ONNX/TF
     agreement of the FP32 model, prints both, logs the table to W&B; returns the additions."""
     from sweeper.tasks.runtime_agreement import compare_runtimes
-    from sweeper.tracking import format_table, wandb_mode
+    from sweeper.reports.tracking import format_table, wandb_mode
 
     summary = json.loads(summary_path.read_text())
     rows = seed_rows(summary)
@@ -137,7 +137,7 @@ def report(summary_path: Path, smoke: bool, log_wandb: bool = True) -> dict:
     extra = {"seed_table": rows, "runtime_agreement": agreement}
     summary_path.write_text(json.dumps({**summary, **extra}, indent=2, default=str))
     if log_wandb and wandb_mode() != "disabled":
-        from sweeper.wandb_report import log_leaderboard_run
+        from sweeper.reports.wandb_report import log_leaderboard_run
 
         where = log_leaderboard_run(WANDB_PROJECT, rows, SEED_COLUMNS, None,
                                     summary_path.parent, name=f"{summary['experiment']}-seed-table")

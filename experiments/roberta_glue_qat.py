@@ -42,7 +42,7 @@ def experiment(smoke: bool = False, task: str | None = None, base: str | None = 
     whose data is here) of the classifiers fine-tuned from encoder `base` (one of
     ENCODER_BASES); `smoke` makes it a short one."""
     from sweeper.errors import ConfigError
-    from sweeper.glue_report import runnable_tasks
+    from sweeper.tasks.glue.data import runnable_tasks
 
     task = task or os.environ.get(TASK_ENV, "all")
     base = base or os.environ.get(BASE_ENV, "roberta-ref")
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--base", default="roberta-ref")
     p.add_argument("--summary")
     args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    from sweeper.glue_report import runnable_tasks
+    from sweeper.tasks.glue.data import runnable_tasks
 
     try:
         runnable_tasks(args.task)
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
 
     rc = main_for_experiment_file(__file__, rest + ["--summary", summary])
     if rc == 0 or os.path.isfile(summary):
-        from sweeper.glue_report import report_seed_table
+        from sweeper.reports.glue_table import report_seed_table
 
         report_seed_table(summary, args.task, pinned=SEED_RECIPE)
     return rc

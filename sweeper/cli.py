@@ -31,6 +31,7 @@ def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int 
                      kinds_file: str | None = None, seeds: int | None = None):
     """Returns the validated Experiment of an experiment file with the CLI's overrides applied."""
     from .experiment import Experiment
+    from .record import run_origin
 
     exp = load_experiment_file(path)(smoke=smoke)
     if not isinstance(exp, Experiment):
@@ -47,6 +48,8 @@ def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int 
         exp.workers = workers
     if seeds is not None:
         exp.seeds = seeds
+    exp.origin = run_origin(path, {"smoke": smoke or None, "num_samples": num_samples, "model": model,
+                                   "device": device, "workers": workers, "kinds_file": kinds_file, "seeds": seeds})
     return exp.validate()
 
 
@@ -79,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("experiment_file")
     res.add_argument("--summary")
     res.add_argument("--retry-errored", action="store_true", help="run the trials that ended in ERROR again, from scratch")
+    rr = sub.add_parser("rerun", help="run one finished trial again from its record and compare the metrics")
+    rr.add_argument("results_dir", metavar="RESULTS", help="the sweep's local results folder (STORAGE/NAME)")
+    rr.add_argument("trial_id", metavar="TRIAL_ID")
+    rr.add_argument("--storage", help="where the rerun's results go (default: beside RESULTS)")
     dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
     dev.add_argument("--kinds", help="a YAML/JSON file of extra device kinds to list too")
     dev.add_argument("--json", action="store_true")
@@ -95,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     zi.add_argument("path", help="the entry's folder (card.json, model.safetensors, ...), e.g. copied from "
                     "<cache>/zoo/NAME-HASH on a GPU machine")
     zi.add_argument("--force", action="store_true", help="replace a complete entry already in the cache")
-    # listed for --help only: main() hands its arguments to sweeper.leaderboard untouched
+    # listed for --help only: main() hands its arguments to sweeper.reports.leaderboard untouched
     sub.add_parser("leaderboard", help="rank the trials of several sweeps together (see: sweeper leaderboard -h)",
                    add_help=False)
     return ap
@@ -135,6 +142,15 @@ def _cmd_resume(args) -> int:
     exp.name = name
     run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True, retry_errored=args.retry_errored)
     return 0
+
+
+def _cmd_rerun(args) -> int:
+    from .reports.summary_tables import rerun_table
+    from .rerun import rerun
+
+    old, new = rerun(args.results_dir, args.trial_id, storage=args.storage)
+    print(rerun_table(old, new), flush=True)
+    return 0 if new["status"] == "TERMINATED" else 1
 
 
 def _cmd_devices(args) -> int:
@@ -224,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sweeper` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["leaderboard"]:
-        from .leaderboard import main as leaderboard_main
+        from .reports.leaderboard import main as leaderboard_main
 
         return leaderboard_main(argv[1:])
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "resume": _cmd_resume, "devices": _cmd_devices, "zoo": _cmd_zoo}
+    handlers = {"run": _cmd_run, "resume": _cmd_resume, "rerun": _cmd_rerun, "devices": _cmd_devices, "zoo": _cmd_zoo}
     try:
         return handlers[args.cmd](args)
     except SweeperError as exc:

@@ -58,6 +58,9 @@ class Experiment:
     # Seconds without a trial's poll before its job is cancelled (the trial is gone); also
     # how long a cancelled job may take to stop before its worker is killed.
     heartbeat_timeout_s: float = 30.0
+    # How the sweep was started (record.run_origin: experiment file, CLI overrides, git
+    # commit); set by the CLI, kept in the summary and every trial's record for `sweeper rerun`.
+    origin: dict = field(default_factory=dict)
 
     @property
     def max_reports(self) -> int:

@@ -16,14 +16,16 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .baselines import baseline_of, task_baselines
 from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
 from .errors import ConfigError
 from .experiment import Experiment
 from .noise import SEED_KEY, aggregate_configurations, has_repeats
 from .plan import SweepPlan
-from .tracking import format_table, wandb_callback
+from .record import package_versions, trial_record
+from .reports.summary_schema import is_metric_key, one_line
+from .reports.summary_tables import device_reports, mark_size_front, size_front, summary_table
+from .reports.tracking import wandb_callback
 from .trial import run_baseline, trial_main
 
 # Trials only relay metrics, so they hold no CPU a device worker could use: locally Ray is
@@ -78,7 +80,7 @@ def cluster_env_vars(extra: dict | None = None) -> dict:
     less what the Ray job's own runtime_env already sets (Ray refuses a key set twice; the
     job's value is this process's value anyway)."""
     from .data.wikitext import pin_data_dirs
-    from .tracking import wandb_mode
+    from .reports.tracking import wandb_mode
 
     pin_data_dirs()  # absolute: other nodes and workers do not share our working directory
     env = {"WANDB_MODE": wandb_mode()}
@@ -439,6 +441,7 @@ def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | 
               flush=True)
     stored = run_dir / "summary.json"
     out = Path(summary_path) if summary_path else stored
+    write_records(summary, run_dir)
     for f in {out, stored}:  # the storage always keeps one; --summary asks for one more
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(summary, indent=2, default=str))
@@ -451,14 +454,23 @@ def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | 
     return SweepResult(summary, run_dir, out, table, summary["workers"], storage=store.uri)
 
 
+def write_records(summary: dict, run_dir: Path) -> None:
+    """Writes every trial's record (record.trial_record) to run_dir/records/<trial_id>.json,
+    what `sweeper rerun` reads."""
+    folder = run_dir / "records"
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in summary["trials"]:
+        (folder / f"{t['trial_id']}.json").write_text(json.dumps(trial_record(t, summary), indent=2, default=str))
+
+
 def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_dir: Path) -> None:
     """Draws the Pareto plot beside the summary (when trials report a size or latency) and
     logs the ranked table and the plot to one sweep-level W&B run of the project. A failure
     here is printed, never raised: the summary is already on disk."""
-    from .leaderboard import build_board
-    from .report_plot import plot_pareto
-    from .tracking import wandb_mode
-    from .wandb_report import log_leaderboard_run
+    from .reports.leaderboard import build_board
+    from .reports.plots import plot_pareto
+    from .reports.tracking import wandb_mode
+    from .reports.wandb_report import log_leaderboard_run
 
     try:
         board = build_board([{**summary, "source": str(summary_path)}])
@@ -485,9 +497,9 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
         trial_id = m.get("trial_id") or Path(r.path).name
         entry = {"trial_id": trial_id, "status": "ERROR" if r.error else "TERMINATED",
                  "config": dict(r.config or {}),
-                 "metrics": {k: v for k, v in m.items() if _is_metric(k)}}
+                 "metrics": {k: v for k, v in m.items() if is_metric_key(k)}}
         if r.error:
-            entry["error"] = _one_line(r.error)
+            entry["error"] = one_line(r.error)
         entry["attempts"] = (attempts or {}).get(trial_id, 0)  # jobs started for it by this driver
         entry["path"] = r.path
         if r.checkpoint is not None:
@@ -502,8 +514,9 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
         "baseline": {k: v for k, v in baseline.items() if k != "eval_settings"},
         "eval_settings": base_settings,
         "model": exp.model, "recipe": exp.recipe, "device": exp.device,
-        "devices": {wid: {"kind": s.get("kind"), "node_id": s.get("node_id"), "device": s.get("device")}
-                    for wid, s in stats.items()},
+        "devices": {wid: {"kind": s.get("kind"), "node_id": s.get("node_id"), "device": s.get("device"),
+                          "versions": s.get("versions")} for wid, s in stats.items()},
+        "seed": exp.seed, "origin": exp.origin, "driver_versions": package_versions(),
         "trials": trials,
         "failed": [{"trial_id": t["trial_id"], "error": t.get("error", "")} for t in trials if t["status"] == "ERROR"],
         "workers": {wid: s.get("counters", s) for wid, s in stats.items()},
@@ -515,22 +528,6 @@ def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: lis
     return summary
 
 
-
-
-def _is_metric(key: str) -> bool:
-    skip = ("config", "date", "hostname", "node_ip", "pid", "time_this_iter_s", "time_since_restore",
-            "timestamp", "iterations_since_restore", "checkpoint_dir_name", "done", "trial_id",
-            "time_total_s", "experiment_tag", "should_checkpoint")
-    return not key.startswith(skip) and not key.startswith("eval_settings/")
-
-
-def _one_line(err) -> str:
-    text = str(getattr(err, "cause", None) or err)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):  # the innermost "Type: message" line names the reason
-        if ("Error" in ln or "Exception" in ln) and ":" in ln:
-            return ln[:500]
-    return (lines[-1] if lines else repr(err))[:500]
 
 
 def _export_best(summary: dict, grid, run_dir: Path, where=str) -> dict | None:
@@ -551,122 +548,3 @@ def _export_best(summary: dict, grid, run_dir: Path, where=str) -> dict | None:
                     shutil.copyfile(f, dst)
                     summary["best_" + f.stem] = where(dst)
     return best
-
-
-def device_reports(summary: dict) -> list[dict]:
-    """Returns one report per finished trial that measured latency, in the seed's shape:
-    {"model", "dataset", "device", "precision", "perplexity", "latency_ms", "tokens_per_s",
-    ...} with the device's name and the evaluation settings; [] when no trial did."""
-    settings = summary.get("eval_settings", {})
-    devices = summary.get("devices", {})
-    out = []
-    for t in summary["trials"]:
-        m = t["metrics"]
-        if t["status"] != "TERMINATED" or "latency_ms" not in m:
-            continue
-        wid = m.get("worker_id", "")
-        out.append({"model": summary["model"], "dataset": f"{settings.get('dataset')}/{settings.get('split')}",
-                    "device": t["config"].get("device") or devices.get(wid, {}).get("kind"),
-                    "device_name": devices.get(wid, {}).get("device"),
-                    "precision": t["config"].get("precision", "fp32"),
-                    "perplexity": m.get(summary["metric"]) if summary["metric"] == "wikitext2_ppl" else None,
-                    "latency_ms": m.get("latency_ms"), "tokens_per_s": m.get("tokens_per_s"),
-                    "batch_size": settings.get("batch_size"),
-                    "context_length": settings.get("context_length"), "stride": settings.get("stride"),
-                    "max_tokens": settings.get("max_tokens"), "trial_id": t["trial_id"]})
-    return out
-
-
-def size_front(summary: dict) -> list[str]:
-    """Returns the trial ids on the quality-vs-size Pareto front (objective in its sense,
-    model_size_mb minimised) among finished trials that report a size; [] when none do."""
-    from .pareto import pareto_front
-
-    metric, mode = summary["metric"], summary["mode"]
-    done = [t for t in summary["trials"] if t["status"] == "TERMINATED"
-            and _finite(t["metrics"].get(metric)) and _finite(t["metrics"].get("model_size_mb"))]
-    points = [(t["metrics"][metric], t["metrics"]["model_size_mb"]) for t in done]
-    return [done[i]["trial_id"] for i in pareto_front(points, (mode, "min"))] if points else []
-
-
-def mark_size_front(configs: list[dict], metric: str, mode: str) -> None:
-    """Sets "pareto_size" (on the quality-vs-size front of the means) and "pareto_size_tied"
-    (no configuration beats it beyond the noise, `pareto.tied_with_front`) on each of the
-    aggregates `configs` that report a mean of `metric` and model_size_mb; None on the others."""
-    from .noise import as_estimate
-    from .pareto import pareto_front, tied_with_front
-
-    for c in configs:
-        c["pareto_size"] = c["pareto_size_tied"] = None
-    done = [c for c in configs if all(as_estimate(c["metrics"].get(k)).mean is not None for k in (metric, "model_size_mb"))]
-    points = [tuple(as_estimate(c["metrics"][k]) for k in (metric, "model_size_mb")) for c in done]
-    if not points:
-        return
-    front = set(pareto_front([tuple(e.mean for e in p) for p in points], (mode, "min")))
-    for i, (c, tied) in enumerate(zip(done, tied_with_front(points, (mode, "min")))):
-        c["pareto_size"], c["pareto_size_tied"] = i in front, tied
-
-
-def configuration_table(summary: dict) -> str:
-    """Returns the per-configuration table of a summary with "configurations": n finished
-    repeats, the objective's mean ± sample std, Δ% of the mean vs the FP32 baseline, whether
-    it is tied with the best (`noise.within_noise`), and, where sized, the size and the
-    quality-vs-size front ('*' on it, '≈' tied with it)."""
-    from .noise import as_estimate, format_estimate, tie_mark
-
-    metric, configs = summary["metric"], summary["configurations"]
-    base = summary["baseline"].get(metric)
-    keys = sorted({k for c in configs for k in c["config"]})
-    keys = [k for k in keys if len({json.dumps(c["config"].get(k), default=str) for c in configs}) > 1] or keys
-    sized = any(c.get("pareto_size") is not None for c in configs)
-    rows = []
-    for c in configs:
-        e = as_estimate(c["metrics"].get(metric))
-        row = {**c["config"], "n": f"{c['n']}" + (f" ({c['failed']} failed)" if c["failed"] else ""),
-               f"{metric} mean ± std": format_estimate(e), "tied with best": tie_mark(c["tied_with_best"]),
-               "size MB": format_estimate(as_estimate(c["metrics"].get("model_size_mb"))),
-               "front": "" if c.get("pareto_size") is None else "*" if c["pareto_size"] else tie_mark(c["pareto_size_tied"])}
-        if e.mean is not None and _finite(base):
-            row["Δ vs fp32 %"] = 100.0 * (e.mean - base) / base
-        rows.append(row)
-    cols = keys + ["n", f"{metric} mean ± std", "Δ vs fp32 %", "tied with best"] + (["size MB", "front"] if sized else [])
-    legend = ("mean ± sample std (ddof=1) over the n finished seeds; ≈ = tied: |Δ mean| <= 2·sqrt(s1²/n1 + s2²/n2) "
-              "(two standard errors), ? = a single finished run (no noise estimate)")
-    if sized:
-        legend += "\nfront: * on the quality-vs-size front of the means, ≈ dominated only within the noise"
-    return f"per configuration ({len(configs)}), best mean first:\n" + format_table(rows, cols) + "\n" + legend
-
-
-def summary_table(summary: dict) -> str:
-    """Returns the trial table (sorted by the objective) with Δ vs the FP32 baseline, and,
-    where trials report model_size_mb, the size and a '*' on the quality-vs-size front."""
-    metric = summary["metric"]
-    base = summary["baseline"].get(metric)
-    keys = sorted({k for t in summary["trials"] for k in t["config"]})
-    sized = any("model_size_mb" in t["metrics"] for t in summary["trials"])
-    front = set(summary.get("pareto_size") or [])
-    rows = [{"trial": "fp32 baseline", metric: base, "status": "-", "size MB": summary["baseline"].get("model_size_mb", "")}]
-    per_task = task_baselines(summary)
-    for t in summary["trials"]:
-        v = t["metrics"].get(metric)
-        base = baseline_of(t, summary, per_task).get(metric)
-        row = {"trial": t["trial_id"], "status": t["status"], metric: v, **t["config"],
-               "epoch": t["metrics"].get("epoch", ""), "size MB": t["metrics"].get("model_size_mb", ""),
-               "front": "*" if t["trial_id"] in front else ""}
-        if _finite(v) and _finite(base):
-            row["Δ vs fp32"] = v - base
-            row["Δ vs fp32 %"] = 100.0 * (v - base) / base if base else None  # a 0 baseline (MCC) has no ratio
-        if t["status"] == "ERROR":
-            row["error"] = t.get("error", "")[:80]
-        rows.append(row)
-    if sized:
-        cols = ["trial", "status"] + keys + ["size MB", metric, "Δ vs fp32", "Δ vs fp32 %", "front"]
-    else:
-        cols = ["trial", "status", metric, "Δ vs fp32 %", "epoch"] + keys
-    if any("error" in r for r in rows):
-        cols.append("error")
-    settings = summary.get("eval_settings", {})
-    caption = ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("dataset", "split", "context_length", "stride", "max_tokens", "dtype"))
-    legend = "\n* = on the quality-vs-size Pareto front; size MB = graph plus external data, 2**20 bytes" if sized else ""
-    per_config = configuration_table(summary) + "\n\nruns:\n" if summary.get("configurations") else ""
-    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + per_config + format_table(rows, cols) + legend

@@ -110,9 +110,9 @@ def test_clamped_init_and_fixed_ranges(tiny_gpt2, tiny_tokenizer):
     ctx = make_ctx(tiny_tokenizer, reports, logs)
     cfg = AimetQATConfig(quant_scheme="tf", clamp_value=0.5, epochs=0, output_bw=16, calibration_batches=1, batch_size=4)
     q = quantize(tiny_gpt2, cfg, ctx)
-    from sweeper.recipes.aimet_qat import _activation_quantizers
+    from sweeper.recipes.aimet_qat import activation_quantizers
 
-    acts = list(_activation_quantizers(q.model))
+    acts = list(activation_quantizers(q.model))
     assert acts and q.info["activation_ranges_clamped"] > 0
     for _, a in acts:
         assert a.bitwidth == 16

@@ -169,7 +169,7 @@ def _summary():
 
 
 def test_seed_table_and_mask_effect():
-    from sweeper.glue_report import COLUMNS, mask_value_effect, seed_table
+    from sweeper.reports.glue_table import COLUMNS, mask_value_effect, seed_table
 
     rows, cols = seed_table(_summary(), {"qqp": "GLUE qqp split 'dev' not found: looked for ..."})
     assert cols == [""] + list(COLUMNS.values()) + ["Avg"]
@@ -182,7 +182,7 @@ def test_seed_table_and_mask_effect():
 
 
 def test_leaderboard_ranks_per_task():
-    from sweeper.leaderboard import build_board
+    from sweeper.reports.leaderboard import build_board
 
     board = build_board([{**_summary(), "source": "s"}])
     assert board.group_by == "task"
@@ -198,7 +198,7 @@ def test_leaderboard_ranks_per_task():
 
 
 def test_summary_table_compares_each_task_with_its_own_fp32_trial():
-    from sweeper.sweep import summary_table
+    from sweeper.reports.summary_tables import summary_table
 
     summary = _summary()
     summary["trials"].append({"trial_id": "t6", "status": "TERMINATED", "metrics": {"glue_score": 0.0},

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sweeper import leaderboard as lb
+from sweeper.reports import leaderboard as lb
 from sweeper.cli import main as cli_main
 from sweeper.errors import ConfigError
 from sweeper.sweep import build_summary
@@ -277,9 +277,9 @@ def test_bad_input_is_one_line(sweeps, tmp_path, capsys, argv, needle):
 
 
 def test_sweep_level_wandb_run_holds_table_and_plot(sweeps, tmp_path, monkeypatch):
-    from sweeper.report_plot import plot_pareto
-    from sweeper.wandb_offline import read_offline_run
-    from sweeper.wandb_report import log_leaderboard_run
+    from sweeper.reports.plots import plot_pareto
+    from sweeper.reports.wandb_offline import read_offline_run
+    from sweeper.reports.wandb_report import log_leaderboard_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     board = _board([sweeps["qat"][1], sweeps["onnx"][1]])
@@ -307,14 +307,14 @@ def test_sweep_level_wandb_run_holds_table_and_plot(sweeps, tmp_path, monkeypatc
     # a trial run as Ray's WandbLoggerCallback makes it (group = experiment) is read back as a trial
     import wandb
 
-    from sweeper.wandb_report import _wait_until_written
+    from sweeper.reports.wandb_report import wait_until_written
 
     trial = wandb.init(project="sweeper-tests", group="gpt2_onnx_int4", name="trial_main_0", dir=str(tmp_path / "wb"),
                        mode="offline", config={"algorithm": "rtn", "bits": 4}, reinit="create_new")
     trial.log({"wikitext2_ppl": 45.0, "model_size_mb": 150.0, "worker_id": "cpu-0"})
     trial_dir = Path(trial.dir).parent
     trial.finish()
-    assert _wait_until_written(trial_dir)
+    assert wait_until_written(trial_dir)
     [rec] = lb.load_source(f"wandb:{tmp_path / 'wb'}")
     assert (rec["experiment"], rec["metric"], rec["mode"]) == ("gpt2_onnx_int4", "wikitext2_ppl", "min")
     assert rec["trials"][0]["config"] == {"algorithm": "rtn", "bits": 4}

@@ -61,7 +61,7 @@ def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
     assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["pareto_size"] == s["pareto_size"]
-    from sweeper.wandb_offline import read_offline_run
+    from sweeper.reports.wandb_offline import read_offline_run
 
     boards = [read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
     assert boards, "the sweep-level leaderboard run was not written"
@@ -92,3 +92,50 @@ def test_seeds_repeat_every_configuration(ray_local, opt_small_dir, tmp_path):
     assert ppl["std"] == pytest.approx(abs(runs["int8_qdq"][0] - runs["int8_qdq"][1]) / math.sqrt(2))
     assert configs["rtn"]["metrics"]["wikitext2_ppl"]["std"] == 0
     assert "mean ± std" in (tmp_path / "onnx_seeds" / "summary.txt").read_text()
+
+
+EXPERIMENT_FILE = '''
+from sweeper.experiment import Experiment
+from sweeper.tasks import WikiText2PPL
+
+
+def experiment(smoke=False):
+    rows = [{{"algorithm": "int8_qdq", "bits": 8, "block_size": None}},
+            {{"algorithm": "gptq", "bits": 4, "block_size": 32}}]
+    return Experiment(name="onnx_record", model={model!r}, recipe="onnx_ptq",
+                      task=WikiText2PPL(max_tokens=2048, context_length=128, stride=128),
+                      fixed={{"calibration_samples": 2}}, trials=rows, device="cpu", workers=1, num_samples=0,
+                      scheduler="fifo", seed=3, wandb_project="sweeper-tests")
+'''
+
+
+def test_rerun_reproduces_a_recorded_onnx_trial(ray_local, opt_small_dir, tmp_path, capsys):
+    """Every trial gets a record (versions, commit, device, seed, full config, how the sweep
+    was started); `sweeper rerun` runs it again from that record alone: an ONNX GPTQ trial
+    gives the same perplexity and size exactly."""
+    from sweeper.cli import main
+
+    exp_file = tmp_path / "onnx_record.py"
+    exp_file.write_text(EXPERIMENT_FILE.format(model=str(opt_small_dir)))
+    storage = tmp_path / "results"
+    assert main(["run", str(exp_file), "--storage", str(storage), "--workers", "1"]) == 0
+    run_dir = storage / "onnx_record"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    gptq = next(t for t in summary["trials"] if t["config"]["algorithm"] == "gptq")
+    record = json.loads((run_dir / "records" / f"{gptq['trial_id']}.json").read_text())
+    assert record["config"] == gptq["config"] and record["seed"] == 3 and record["status"] == "TERMINATED"
+    assert {"python", "torch", "onnxruntime", "transformers", "ray"} <= set(record["versions"])
+    assert record["device"]["kind"] == "cpu" and record["device"]["name"]
+    assert record["origin"]["experiment_file"] == str(exp_file)
+    assert record["origin"]["overrides"] == {"workers": 1}
+    assert "git_commit" in record["origin"]  # None here: the file is outside any checkout
+    capsys.readouterr()
+
+    assert main(["rerun", str(run_dir), gptq["trial_id"], "--storage", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert f"rerun of {gptq['trial_id']}" in out and "wikitext2_ppl" in out
+    again = json.loads((tmp_path / "again" / f"onnx_record_rerun_{gptq['trial_id']}" / "summary.json").read_text())
+    (new,) = again["trials"]
+    assert new["config"]["algorithm"] == "gptq" and new["status"] == "TERMINATED"
+    assert new["metrics"]["wikitext2_ppl"] == gptq["metrics"]["wikitext2_ppl"]
+    assert new["metrics"]["model_size_mb"] == gptq["metrics"]["model_size_mb"]

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from sweeper.pareto import dominates, pareto_front
+from sweeper.reports.pareto import dominates, pareto_front
 
 
 def brute_force(points, senses):

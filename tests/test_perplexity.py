@@ -6,7 +6,7 @@ import torch
 
 from sweeper.errors import ConfigError
 from sweeper.jobs import JobContext
-from sweeper.tasks.perplexity import (BODY_HEAD_MODELS, WikiText2PPL, _body_and_head, _head_fn, perplexity_windows,
+from sweeper.tasks.perplexity import (BODY_HEAD_MODELS, WikiText2PPL, body_and_head, head_fn, perplexity_windows,
                                       tokenize_split, wikitext2_perplexity)
 
 
@@ -172,9 +172,9 @@ def test_wrapped_model_uses_its_own_forward(tiny_gpt2, cpu_ctx):
 
 
 def test_forward_hook_keeps_the_model_forward(tiny_gpt2):
-    assert _body_and_head(tiny_gpt2) is not None
+    assert body_and_head(tiny_gpt2) is not None
     tiny_gpt2.register_forward_hook(lambda m, i, o: o)
-    assert _body_and_head(tiny_gpt2) is None
+    assert body_and_head(tiny_gpt2) is None
 
 
 def test_auto_batch_size_is_reported(tiny_gpt2, cpu_ctx):
@@ -203,7 +203,7 @@ def _tiny_causal_lm(name):
 def test_body_then_head_is_the_model_forward(name):
     """Every model on the body+head list gives its own logits from head(body(x))."""
     model = _tiny_causal_lm(name)
-    body, head = _body_and_head(model)
+    body, head = body_and_head(model)
     x = torch.randint(0, 97, (2, 32))
     with torch.no_grad():
         ours = head(body(input_ids=x, use_cache=False).last_hidden_state)
@@ -216,6 +216,6 @@ def test_padded_head_gives_the_heads_logits():
     head = torch.nn.Linear(32, 97, bias=False)
     h = torch.randn(10, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, plain = _head_fn(head, torch.bfloat16)(h), head(h).float()
+        ours, plain = head_fn(head, torch.bfloat16)(h), head(h).float()
     assert ours.shape == plain.shape == (10, 97) and ours.dtype == torch.float32
     assert torch.allclose(ours, plain, rtol=1e-2, atol=1e-2)

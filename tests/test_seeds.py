@@ -11,12 +11,13 @@ from types import SimpleNamespace
 import pytest
 from ray import tune
 
-from sweeper import leaderboard as lb
+from sweeper.reports import leaderboard as lb
 from sweeper.errors import ConfigError
 from sweeper.experiment import Experiment
 from sweeper.noise import Estimate, estimate, has_repeats, ties_with_best, within_noise
-from sweeper.pareto import dominates_beyond_noise, pareto_front, tied_with_front
-from sweeper.sweep import build_summary, repeat_space, summary_table
+from sweeper.reports.pareto import dominates_beyond_noise, pareto_front, tied_with_front
+from sweeper.reports.summary_tables import summary_table
+from sweeper.sweep import build_summary, repeat_space
 from sweeper.tasks import WikiText2PPL
 
 
@@ -131,8 +132,8 @@ def test_leaderboard_and_wandb_rank_configurations_by_mean(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="--group-by='seed'"):
         lb.build_board([{**s, "source": "seeded.json"}], group_by="seed")
 
-    from sweeper.wandb_offline import read_offline_run
-    from sweeper.wandb_report import log_leaderboard_run
+    from sweeper.reports.wandb_offline import read_offline_run
+    from sweeper.reports.wandb_report import log_leaderboard_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = log_leaderboard_run("sweeper-tests", board.rows, board.columns, None, tmp_path, "seeded")

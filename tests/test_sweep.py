@@ -10,7 +10,7 @@ from ray import tune
 from sweeper.experiment import Experiment
 from sweeper.sweep import run_experiment
 from sweeper.tasks import WikiText2PPL
-from sweeper.wandb_offline import read_offline_run
+from sweeper.reports.wandb_offline import read_offline_run
 
 
 @pytest.fixture(scope="module")

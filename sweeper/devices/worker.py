@@ -138,11 +138,14 @@ class DeviceWorker:
 
     # ---- called remotely -------------------------------------------------------------
     def info(self) -> dict:
-        """Returns this worker's id, kind, node, device, process id and counters."""
+        """Returns this worker's id, kind, node, device, process id, package versions and counters."""
         import ray
+
+        from ..record import package_versions
 
         return {"worker_id": self.worker_id, "kind": self.kind_name, "device": self._device_name(),
                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "versions": package_versions(),
                 "counters": self.counters.as_dict(), "start_error": self._start_error}
 
     def start_job(self, spec: JobSpec) -> tuple[str, int]:

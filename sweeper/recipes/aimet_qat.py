@@ -168,7 +168,7 @@ def is_sequence_classifier(model) -> bool:
     return type(model).__name__.endswith("ForSequenceClassification")
 
 
-def _activation_quantizers(sim_model):
+def activation_quantizers(sim_model):
     """Yields (name, quantizer) for every input/output (activation) quantizer in the sim."""
     from aimet_torch.nn import BaseQuantizationMixin
 
@@ -188,7 +188,7 @@ def clamp_activation_ranges(sim_model, clamp_value: float) -> int:
 
     changed = 0
     with torch.no_grad():
-        for _, q in _activation_quantizers(sim_model):
+        for _, q in activation_quantizers(sim_model):
             if not q.is_initialized():
                 continue
             lo, hi = q.get_min(), q.get_max()

@@ -33,7 +33,7 @@ CPU_AUTO_BATCH = 8
 MAX_AUTO_BATCH = 128  # larger batches only add memory: matmuls are already large
 
 
-def _body_and_head(model):
+def body_and_head(model):
     """Returns (decoder body, LM head) when the model's forward is known to be body then head,
     else None (then the model's own forward gives the logits)."""
     try:
@@ -136,7 +136,7 @@ def _fused_tanh_gelu(model, enabled: bool):
             del mod.forward
 
 
-def _head_fn(head, amp_dtype):
+def head_fn(head, amp_dtype):
     """Returns f(hidden rows) -> fp32 logits, the head's output up-cast. Under autocast with a
     plain nn.Linear head whose vocabulary is not a multiple of 64 (GPT-2's 50257), the weight
     is zero-padded to one once per run and the extra columns dropped: an unaligned output
@@ -182,10 +182,10 @@ def _sum_nll(model, ids, windows, batch_size, device, amp_dtype, check_cancelled
     import torch
     import torch.nn.functional as F
 
-    parts = _body_and_head(model)
+    parts = body_and_head(model)
     if parts is not None:
         body, head = parts
-        head_logits = _head_fn(head, amp_dtype)
+        head_logits = head_fn(head, amp_dtype)
         if torch_compile:
             # kept on the module (outside its submodules and state_dict) so that repeated
             # evaluations of one model reuse the compiled graphs; a plain cycle, freed with it

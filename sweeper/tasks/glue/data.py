@@ -275,3 +275,27 @@ def check_task_data(task: str) -> None:
     for s in info.eval_splits:
         if find_local(info, s) is None and not _hub_allowed():
             raise DataNotFoundError(missing_message(info, s))
+
+
+def runnable_tasks(task: str) -> tuple[list[str], dict[str, str]]:
+    """Returns (tasks to run, {task: one-line reason} for the tasks left out) for a task
+    name, a comma list of names, or "all" (every task whose dev split is found; the others are left out with the
+    reason). A named task that is unknown raises ConfigError; one without data, or "all"
+    with no task at all, raises DataNotFoundError (one line)."""
+    asked = TASK_NAMES if task == "all" else tuple(task.split(","))
+    for t in asked:
+        if t not in TASK_NAMES:
+            raise ConfigError("roberta_glue_qat", "--task", task, "one of " + ", ".join(TASK_NAMES) +
+                              ", a comma list of them, or all")
+    names, missing = [], {}
+    for t in asked:
+        try:
+            check_task_data(t)
+            names.append(t)
+        except DataNotFoundError as exc:
+            if task != "all":
+                raise
+            missing[t] = str(exc)
+    if not names:
+        raise DataNotFoundError("no GLUE task has data here: " + "; ".join(missing.values()))
+    return names, missing

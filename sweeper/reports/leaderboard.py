@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baselines import baseline_of, task_baselines, trial_task
-from .config import is_finite_number as _finite
-from .errors import ConfigError, SweeperError
-from .noise import SEED_KEY, estimate, group_repeats, has_repeats, ties_with_best, tie_mark
+from ..config import is_finite_number as _finite
+from ..errors import ConfigError, SweeperError
+from ..noise import SEED_KEY, estimate, group_repeats, has_repeats, ties_with_best, tie_mark
 from .pareto import pareto_front, tied_with_front
+from .summary_schema import is_metric_key, one_line
 
 WHERE = "sweeper leaderboard"
 FORMATS = ("table", "md", "csv", "json", "html")
@@ -49,7 +50,7 @@ def load_source(spec: str) -> list[dict]:
     """Returns the experiment records (dicts shaped like the summary JSON) of one source."""
     if spec.startswith("wandb:"):
         return load_wandb(spec[len("wandb:"):])
-    from .storage import is_uri
+    from ..storage import is_uri
 
     if is_uri(spec):
         return load_uri(spec)
@@ -82,7 +83,7 @@ def load_uri(spec: str) -> list[dict]:
     and the records name the URI as their source."""
     import tempfile
 
-    from .storage import fetch_tree
+    from ..storage import fetch_tree
 
     with tempfile.TemporaryDirectory(prefix="sweeper-leaderboard-") as tmp:
         local = fetch_tree(spec, Path(tmp) / "source", _read_by_leaderboard, where=WHERE, field="SOURCE")
@@ -161,7 +162,6 @@ def load_results_dir(run_dir: Path) -> dict:
     params.json + result.json, and the sweeper's baseline.json), trial by trial what
     `build_summary` would have written."""
     # the sweep's own helpers: a folder must give exactly what its summary JSON gives
-    from .sweep import _is_metric, _one_line
 
     statuses, tune_metric = _tune_state(run_dir)
     raw_base = _read_json(run_dir / "baseline.json") if (run_dir / "baseline.json").is_file() else {}
@@ -176,9 +176,9 @@ def load_results_dir(run_dir: Path) -> dict:
         errored = err is not None and statuses.get(d.name) != "TERMINATED"
         entry = {"trial_id": last.get("trial_id") or d.name, "status": "ERROR" if errored else "TERMINATED",
                  "config": _read_json(d / "params.json"),
-                 "metrics": {k: v for k, v in last.items() if _is_metric(k)}}
+                 "metrics": {k: v for k, v in last.items() if is_metric_key(k)}}
         if errored:
-            entry["error"] = _one_line(err)
+            entry["error"] = one_line(err)
         entry["path"] = str(d)
         trials.append(entry)
     # model/recipe/mode are not in Tune's files: the sweep writes them to experiment.json
@@ -209,7 +209,6 @@ def load_wandb(target: str) -> list[dict]:
         runs = _online_runs(target)
     else:
         raise ConfigError(WHERE, "SOURCE", f"wandb:{target}", "wandb:ENTITY/PROJECT or wandb:PATH to a local wandb folder")
-    from .sweep import _is_metric
 
     groups: dict[str, dict] = {}
     for r in runs:
@@ -219,7 +218,7 @@ def load_wandb(target: str) -> list[dict]:
             "experiment": r["group"] or r["project"] or "wandb", "metric": None, "mode": None, "baseline": {},
             "eval_settings": {}, "model": None, "recipe": None, "device": None, "trials": [],
             "source": f"wandb:{target}"})
-        metrics = {k: v for k, v in r["summary"].items() if not k.startswith("_") and _is_metric(k)}
+        metrics = {k: v for k, v in r["summary"].items() if not k.startswith("_") and is_metric_key(k)}
         entry = {"trial_id": r["id"], "status": "ERROR" if r["failed"] else "TERMINATED",
                  "config": {k: v for k, v in r["config"].items() if not k.startswith("_")}, "metrics": metrics}
         if r["failed"]:
@@ -584,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.top is not None:
-            from .config import check_int
+            from ..config import check_int
 
             check_int(WHERE, "--top", args.top, 1, 1_000_000)
         if args.plot and not args.plot.lower().endswith(".png"):
@@ -593,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         board = build_board(records, metric=args.metric, mode=args.mode, group_by=args.group_by,
                             allow_mixed=args.allow_mixed, top=args.top)
         if args.plot:
-            from .report_plot import plot_pareto
+            from .plots import plot_pareto
 
             plot_pareto(board, args.plot)
         sys.stdout.write(format_board(board, args.format).rstrip("\n") + "\n")

@@ -6,37 +6,10 @@ from __future__ import annotations
 import math
 
 from .baselines import trial_task
-from .errors import ConfigError, DataNotFoundError
 
 COLUMNS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "mrpc": "MRPC (F1)", "stsb": "STS-B (Pearson)",
            "qqp": "QQP (acc)", "mnli": "MNLI-m (acc)", "qnli": "QNLI (acc)", "rte": "RTE (acc)"}
 AVG = "Avg"
-
-
-def runnable_tasks(task: str) -> tuple[list[str], dict[str, str]]:
-    """Returns (tasks to run, {task: one-line reason} for the tasks left out) for a task
-    name, a comma list of names, or "all" (every task whose dev split is found; the others are left out with the
-    reason). A named task that is unknown raises ConfigError; one without data, or "all"
-    with no task at all, raises DataNotFoundError (one line)."""
-    from .tasks.glue.data import TASK_NAMES, check_task_data
-
-    asked = TASK_NAMES if task == "all" else tuple(task.split(","))
-    for t in asked:
-        if t not in TASK_NAMES:
-            raise ConfigError("roberta_glue_qat", "--task", task, "one of " + ", ".join(TASK_NAMES) +
-                              ", a comma list of them, or all")
-    names, missing = [], {}
-    for t in asked:
-        try:
-            check_task_data(t)
-            names.append(t)
-        except DataNotFoundError as exc:
-            if task != "all":
-                raise
-            missing[t] = str(exc)
-    if not names:
-        raise DataNotFoundError("no GLUE task has data here: " + "; ".join(missing.values()))
-    return names, missing
 
 
 def _score(t: dict):
@@ -63,7 +36,7 @@ def seed_table(summary: dict, missing: dict | None = None) -> tuple[list[dict], 
     """Returns (rows, columns) of the seed-shaped table: rows "FP32" and "best W8A8", one
     column per GLUE task (the seed's metric, percent, or "n/a (reason)") and "Avg" (the mean
     over the tasks with a number in that row, "(n tasks)" beside it)."""
-    from .tasks.glue.metrics import glue_avg
+    from ..tasks.glue.metrics import glue_avg
 
     best = best_by_task(summary)
     missing = missing or {}
@@ -86,7 +59,7 @@ def seed_table(summary: dict, missing: dict | None = None) -> tuple[list[dict], 
 
 
 def _seed_key(task: str) -> str:
-    from .tasks.glue.metrics import SEED_COLUMNS
+    from ..tasks.glue.metrics import SEED_COLUMNS
 
     return SEED_COLUMNS[task]
 
@@ -134,6 +107,8 @@ def report_seed_table(summary_path: str, task: str = "all", pinned: dict | None 
     from .tracking import format_table, wandb_mode
 
     summary = json.loads(Path(summary_path).read_text())
+    from ..tasks.glue.data import runnable_tasks
+
     _, missing = runnable_tasks(task) if task == "all" else ([task], {})
     rows, cols = seed_table(summary, missing)
     text = "GLUE dev, percent (seed-shaped table):\n" + format_table(rows, cols)

@@ -30,7 +30,7 @@ def log_leaderboard_run(project: str, rows: list[dict], columns: list[str], plot
     if mode == "disabled":
         return None
     if not isinstance(project, str) or not project.strip():
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError("leaderboard W&B run", "project", project, "a W&B project name")
     import wandb
@@ -55,11 +55,11 @@ def log_leaderboard_run(project: str, rows: list[dict], columns: list[str], plot
     finally:
         run.finish()
     if mode == "offline":
-        _wait_until_written(Path(out))
+        wait_until_written(Path(out))
     return out
 
 
-def _wait_until_written(run_path: Path, timeout_s: float = 30.0) -> bool:
+def wait_until_written(run_path: Path, timeout_s: float = 30.0) -> bool:
     """Returns True once the offline run file ends with its exit record (False after
     `timeout_s` seconds). wandb-core writes the file asynchronously: finish() can return
     while it holds only its header, and a caller reading it right away would see nothing."""
@@ -103,5 +103,5 @@ def log_table_run(project: str, key: str, rows: list[dict], columns: list[str], 
     finally:
         run.finish()
     if mode == "offline":
-        _wait_until_written(Path(out))
+        wait_until_written(Path(out))
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import is_finite_number as _finite
+from ..config import is_finite_number as _finite
 
 AXIS_LABELS = {
     "wikitext2_ppl": "WikiText-2 perplexity",
@@ -35,7 +35,7 @@ def plot_pareto(board, path: str | Path) -> dict:
     matplotlib.use("Agg")  # files only: never needs a display
     import matplotlib.pyplot as plt
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if not board.fronts:
         raise ConfigError("sweeper leaderboard", "--plot", str(path),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .noise import Estimate, within_noise
+from ..noise import Estimate, within_noise
 
 SENSES = ("min", "max")
 
