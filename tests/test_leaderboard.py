@@ -109,7 +109,7 @@ def write_sweep(results: Path, spec: dict, eval_settings: dict | None = None) ->
     (run_dir / f"experiment_state-{DATE}.json").write_text(json.dumps(
         {"trial_data": trial_data, "runner_data": {"_metric": "wikitext2_ppl", "_iteration": 9}, "stats": {"start_time": 0}}))
     exp = SimpleNamespace(name=spec["name"], model=spec["model"], recipe=spec["recipe"], device=spec["device"],
-                          objective=("wikitext2_ppl", "min"))
+                          objective=("wikitext2_ppl", "min"), seed=0, origin={})
     baseline = json.loads((run_dir / "baseline.json").read_text())
     summary = build_summary(exp, grid, baseline, {}, [], {})
     summary["elapsed_s"] = 12.0

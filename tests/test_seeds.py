@@ -80,7 +80,7 @@ def _repeated_summary():
         grid.append(_result(config, *(v if isinstance(v, tuple) else (None, None)), f"t_{i:05d}",
                             error=v if isinstance(v, str) else None))
     exp = SimpleNamespace(name="seeded", model="opt-ref", recipe="onnx_ptq", device="cpu",
-                          objective=("wikitext2_ppl", "min"))
+                          objective=("wikitext2_ppl", "min"), seed=0, origin={})
     baseline = {"wikitext2_ppl": 26.0, "model_size_mb": 400.0, "eval_settings": {"dataset": "wikitext", "split": "test"}}
     return build_summary(exp, grid, baseline, {}, [], {})
 

@@ -2,6 +2,8 @@
 repeated sweep, the quality-vs-size front, and the per-device rows of device sweeps."""
 from __future__ import annotations
 
+import json
+
 from ..config import is_finite_number as _finite
 from .baselines import baseline_of, task_baselines
 from .tracking import format_table
