@@ -61,6 +61,10 @@ class Experiment:
     # How the sweep was started (record.run_origin: experiment file, CLI overrides, git
     # commit); set by the CLI, kept in the summary and every trial's record for `sweeper rerun`.
     origin: dict = field(default_factory=dict)
+    # Stop every trial after this many reports (Tune's training_iteration); None: when its
+    # job ends. `sweeper rerun` sets it to the original's count, so a trial the scheduler
+    # stopped early is rerun up to the same point, not to its last epoch.
+    stop_after_reports: int | None = None
 
     @property
     def max_reports(self) -> int:
@@ -191,6 +195,8 @@ class Experiment:
         if self.workers is not None:
             check_int(w, "workers", self.workers, 1, 4096)
         check_int(w, "num_samples", self.num_samples, 0 if self.trials else 1, 100_000)
+        if self.stop_after_reports is not None:
+            check_int(w, "stop_after_reports", self.stop_after_reports, 1, 1 << 30)
         # torch's exporter writes opset 18; converting GPT-2/OPT graphs down fails or yields an
         # invalid Split (onnx 1.23), so lower opsets are refused here rather than at export.
         check_int(w, "onnx_opset", self.onnx_opset, 18, 30)

@@ -25,7 +25,8 @@ def load_record(results_dir: str | Path, trial_id: str) -> dict:
 def experiment_of(record: dict):
     """Returns the validated Experiment that runs only the record's trial: its experiment
     file with the same CLI overrides, the trial's config as the one fixed trial, no samples,
-    one seed, no early stopping, named <experiment>_rerun_<trial id>."""
+    one seed, no scheduler, stopped after as many reports as the original made, named
+    <experiment>_rerun_<trial id>."""
     from .cli import build_experiment
 
     origin = record.get("origin") or {}
@@ -37,6 +38,9 @@ def experiment_of(record: dict):
     exp = build_experiment(file, smoke=ov.get("smoke", False), model=ov.get("model"), device=ov.get("device"),
                            workers=ov.get("workers"), kinds_file=ov.get("kinds_file"))
     exp.trials, exp.num_samples, exp.seeds, exp.scheduler = [dict(record["config"])], 0, 1, "fifo"
+    reports = record["metrics"].get("training_iteration")
+    if isinstance(reports, int) and reports > 0:  # a trial the scheduler stopped early stops there again
+        exp.stop_after_reports = reports
     exp.name = f"{record['experiment']}_rerun_{record['trial_id']}"
     return exp.validate()
 

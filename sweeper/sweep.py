@@ -349,7 +349,8 @@ def make_tuner(sweep: Sweep, resume: bool, verbose: int, callbacks: list, retry_
     wb = wandb_callback(exp.wandb_project, sweep.run_dir, group=exp.name)
     if wb is not None:
         callbacks.append(wb)
-    run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose,
+    stop = {"training_iteration": exp.stop_after_reports} if exp.stop_after_reports else None
+    run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose, stop=stop,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                                 # each report carries the encodings; only the latest matters
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))

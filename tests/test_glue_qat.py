@@ -205,7 +205,9 @@ def test_summary_table_compares_each_task_with_its_own_fp32_trial():
                               "config": {"task": "cola", "recipe": None, "model": "roberta-ref-cola"}})
     summary["trials"].append({"trial_id": "t7", "status": "TERMINATED", "metrics": {"glue_score": 3.0},
                               "config": {"task": "cola", "recipe": "aimet_qat", "model": "roberta-ref-cola"}})
-    lines = {ln.split()[0]: ln for ln in summary_table(summary).splitlines() if ln.strip().startswith("t")}
+    table = summary_table(summary)
+    assert "fp32 baseline (rte)" in table  # the sweep's own baseline is its first task's
+    lines = {ln.split()[0]: ln for ln in table.splitlines() if ln.strip().startswith("t")}
     assert "1.25" in lines["t4"]  # MRPC 81 vs MRPC's FP32 80, not vs the summary's RTE baseline 55
     # CoLA's FP32 MCC is 0: the difference is there, the ratio is left blank instead of dividing by zero
     assert "3" in lines["t7"] and "inf" not in lines["t7"]

@@ -128,3 +128,24 @@ def test_retry_errored_needs_resume(tmp_path):
     with pytest.raises(ConfigError, match="retry_errored"):
         run_experiment(_exp(), results_dir=tmp_path, retry_errored=True)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_rerun_experiment_is_the_recorded_trial_only(tmp_path):
+    """`sweeper rerun` builds the sweep's experiment again from the record (same file and
+    overrides), with the recorded config as its one fixed trial, stopped where the original
+    stopped (a trial ASHA ended after 2 reports is rerun for 2 reports, not its last epoch)."""
+    from sweeper.rerun import experiment_of, load_record
+
+    config = {"lr": 1e-4, "epochs": 2, "weight_decay": 0.0, "quant_scheme": "tf", "output_bw": 8, "per_channel": False}
+    record = {"trial_id": "abc_00003", "experiment": "gpt2_qat_smoke", "config": config,
+              "metrics": {"wikitext2_ppl": 30.0, "training_iteration": 2},
+              "origin": {"experiment_file": str(REPO / "experiments" / "gpt2_qat.py"),
+                         "overrides": {"smoke": True, "workers": 1}}}
+    exp = experiment_of(record)
+    assert exp.trials == [config] and exp.num_samples == 0 and exp.seeds == 1 and exp.scheduler == "fifo"
+    assert exp.stop_after_reports == 2 and exp.workers == 1 and exp.name == "gpt2_qat_smoke_rerun_abc_00003"
+    assert exp.fixed["steps_per_epoch"] == 20  # the smoke's fixed fields, from the same file
+    with pytest.raises(ConfigError, match="TRIAL_ID"):
+        load_record(tmp_path, "nope")
+    with pytest.raises(ConfigError, match="experiment_file"):
+        experiment_of({**record, "origin": {"experiment_file": str(tmp_path / "gone.py")}})

@@ -101,8 +101,11 @@ def summary_table(summary: dict) -> str:
     keys = sorted({k for t in summary["trials"] for k in t["config"]})
     sized = any("model_size_mb" in t["metrics"] for t in summary["trials"])
     front = set(summary.get("pareto_size") or [])
-    rows = [{"trial": "fp32 baseline", metric: base, "status": "-", "size MB": summary["baseline"].get("model_size_mb", "")}]
     per_task = task_baselines(summary)
+    # trials spanning tasks are compared with their own task's FP32 trial; the sweep's
+    # baseline is only its first task's, and the row says so
+    label = "fp32 baseline" + (f" ({summary.get('eval_settings', {}).get('task')})" if len(per_task) > 1 else "")
+    rows = [{"trial": label, metric: base, "status": "-", "size MB": summary["baseline"].get("model_size_mb", "")}]
     for t in summary["trials"]:
         v = t["metrics"].get(metric)
         base = baseline_of(t, summary, per_task).get(metric)
