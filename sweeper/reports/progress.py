@@ -78,7 +78,17 @@ class ProgressView(Callback):
         self.stream.flush()
         self.last_counts, self.last_print = counts, now
 
+    def _sync(self, trials) -> None:
+        # trials that ended before this driver started (a resumed sweep) count too
+        for t in trials:
+            if t.status == "TERMINATED" and t.trial_id not in self.running:
+                self.done.add(t.trial_id)
+            elif t.status == "ERROR" and t.trial_id not in self.running:
+                self.failed.add(t.trial_id)
+        self.total = max(self.total, len(trials))
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._sync(trials)
         self.running.add(trial.trial_id)
         self._show()
 
