@@ -99,6 +99,7 @@ class ProgressView(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.running.discard(trial.trial_id)
+        self.failed.discard(trial.trial_id)  # an errored trial that a retry finished
         self.done.add(trial.trial_id)
         self._show(force=True)
 
