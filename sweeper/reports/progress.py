@@ -48,13 +48,21 @@ def _error_text(trial) -> str:
 
 class ProgressView(Callback):
     """A Ray Tune callback printing the status line for `total` trials of objective
-    (`metric`, `mode`) to `stream` (stdout): in place on a terminal, else a new line when
-    a count changes or `every_s` seconds passed. A failed trial gets its own line."""
+    (`metric`, `mode`) to stdout: in place on a terminal, else a new line when a count
+    changes or `every_s` seconds passed. A failed trial gets its own line. It holds no
+    stream (Tune pickles its callbacks with the experiment state): stdout is looked up
+    at each write."""
 
-    def __init__(self, total: int, metric: str, mode: str, stream=None, every_s: float = 60.0):
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @property
+    def tty(self) -> bool:
+        return bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+    def __init__(self, total: int, metric: str, mode: str, every_s: float = 60.0):
         self.total, self.metric, self.mode = total, metric, mode
-        self.stream = stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.every_s = every_s
         self.start = time.monotonic()
         self.running: set[str] = set()
