@@ -12,7 +12,8 @@ from pathlib import Path
 QUIET_ENV = "SWEEPER_CONSOLE"  # "quiet": workers keep their per-job lines in LOG_DIR_ENV
 LOG_DIR_ENV = "SWEEPER_LOG_DIR"
 # set for the driver and every worker of a quiet sweep (W&B banners, transformers advisories)
-QUIET_LIBRARY_ENV = {"WANDB_SILENT": "true", "TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+QUIET_LIBRARY_ENV = {"WANDB_SILENT": "true", "TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+                     "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 
 
 def is_quiet() -> bool:
