@@ -10,15 +10,22 @@ from pathlib import Path
 from .errors import ConfigError, SweeperError
 
 
-def load_experiment_file(path: str | Path):
+def load_experiment_file(path: str | Path, verbose: bool = False):
     """Imports an experiment file; returns its `experiment(smoke=False)` function.
-    Raises ConfigError (one line) when the file is missing or defines no experiment."""
+    Raises ConfigError (one line) when the file is missing or defines no experiment, and
+    ExperimentFileError (one line: file, line, error) when importing it fails, unless
+    `verbose` (then the import's own exception, traceback and all)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("sweeper run", "EXPERIMENT_FILE", str(path), "an existing Python file")
     spec = importlib.util.spec_from_file_location(f"sweeper_experiment_{p.stem}", p)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        if verbose:
+            raise
+        raise ExperimentFileError(import_error_line(p, exc)) from None
     fn = getattr(module, "experiment", None)
     if not callable(fn):
         raise ConfigError("sweeper run", "EXPERIMENT_FILE", str(path),
@@ -26,14 +33,36 @@ def load_experiment_file(path: str | Path):
     return fn
 
 
+class ExperimentFileError(SweeperError):
+    """An experiment file that fails to import (syntax error, exception at import time)."""
+
+
+def import_error_line(path: Path, exc: BaseException) -> str:
+    """Returns '<file>:<line>: <Type>: <message>' for an exception raised while importing
+    the file at `path`: the syntax error's own line, else the deepest traceback frame in
+    that file (else the deepest frame), with a hint that --verbose shows the traceback."""
+    import traceback
+
+    if isinstance(exc, SyntaxError):
+        where = f"{exc.filename or path}:{exc.lineno}"
+        text = f"SyntaxError: {exc.msg}"
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        mine = [f for f in frames if Path(f.filename).resolve() == path.resolve()] or frames
+        where = f"{mine[-1].filename}:{mine[-1].lineno}" if mine else str(path)
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return f"cannot import the experiment file: {where}: {text} (--verbose shows the traceback)"
+
+
 def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int | None = None,
                      model: str | None = None, device: str | None = None, workers: int | None = None,
-                     kinds_file: str | None = None, seeds: int | None = None):
-    """Returns the validated Experiment of an experiment file with the CLI's overrides applied."""
+                     kinds_file: str | None = None, seeds: int | None = None, verbose: bool = False):
+    """Returns the validated Experiment of an experiment file with the CLI's overrides
+    applied (`verbose`: an import error keeps its traceback)."""
     from .experiment import Experiment
     from .record import run_origin
 
-    exp = load_experiment_file(path)(smoke=smoke)
+    exp = load_experiment_file(path, verbose=verbose)(smoke=smoke)
     if not isinstance(exp, Experiment):
         raise ConfigError("sweeper run", "experiment()", type(exp).__name__, "a sweeper.experiment.Experiment")
     if num_samples is not None:
@@ -66,6 +95,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
     p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
                    "show mean ± std and mark ties within the noise (overrides the file)")
+    p.add_argument("--verbose", action="store_true", help="show Ray Tune's trial table, workers' per-job lines and "
+                   "library warnings live (by default they go to STORAGE/NAME/logs/ and one progress line shows)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in STORAGE/NAME")
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume: run the trials that ended in ERROR again, from scratch")
@@ -82,10 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("experiment_file")
     res.add_argument("--summary")
     res.add_argument("--retry-errored", action="store_true", help="run the trials that ended in ERROR again, from scratch")
+    res.add_argument("--verbose", action="store_true", help="show Tune's table, worker lines and warnings live")
     rr = sub.add_parser("rerun", help="run one finished trial again from its record and compare the metrics")
     rr.add_argument("results_dir", metavar="RESULTS", help="the sweep's local results folder (STORAGE/NAME)")
     rr.add_argument("trial_id", metavar="TRIAL_ID")
     rr.add_argument("--storage", help="where the rerun's results go (default: beside RESULTS)")
+    rr.add_argument("--verbose", action="store_true", help="show Tune's table, worker lines and warnings live")
     dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
     dev.add_argument("--kinds", help="a YAML/JSON file of extra device kinds to list too")
     dev.add_argument("--json", action="store_true")
@@ -125,9 +158,9 @@ def _cmd_run(args) -> int:
     _check_run_flags(args)
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
                            model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds,
-                           seeds=args.seeds)
+                           seeds=args.seeds, verbose=args.verbose)
     result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume,
-                            retry_errored=args.retry_errored)
+                            retry_errored=args.retry_errored, quiet=not args.verbose)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
 
 
@@ -138,9 +171,10 @@ def _cmd_resume(args) -> int:
     root, name = split_run_uri(args.results_dir)
     if not holds_file(args.results_dir, "tuner.pkl", where="sweeper resume", field="RESULTS"):
         raise ConfigError("sweeper resume", "RESULTS", str(args.results_dir), "a sweep's results folder or URI (it holds tuner.pkl)")
-    exp = build_experiment(args.experiment_file)
+    exp = build_experiment(args.experiment_file, verbose=args.verbose)
     exp.name = name
-    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True, retry_errored=args.retry_errored)
+    run_experiment(exp, results_dir=root, summary_path=args.summary, resume=True, retry_errored=args.retry_errored,
+                   quiet=not args.verbose)
     return 0
 
 
@@ -148,7 +182,7 @@ def _cmd_rerun(args) -> int:
     from .reports.summary_tables import rerun_table
     from .rerun import rerun
 
-    old, new = rerun(args.results_dir, args.trial_id, storage=args.storage)
+    old, new = rerun(args.results_dir, args.trial_id, storage=args.storage, quiet=not args.verbose)
     print(rerun_table(old, new), flush=True)
     return 0 if new["status"] == "TERMINATED" else 1
 

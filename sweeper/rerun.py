@@ -45,13 +45,15 @@ def experiment_of(record: dict):
     return exp.validate()
 
 
-def rerun(results_dir: str | Path, trial_id: str, storage: str | Path | None = None) -> tuple[dict, dict]:
+def rerun(results_dir: str | Path, trial_id: str, storage: str | Path | None = None,
+          quiet: bool = False) -> tuple[dict, dict]:
     """Runs the recorded trial again (results in STORAGE/<experiment>_rerun_<id>; STORAGE
-    defaults to the folder holding `results_dir`); returns (the old record, the new one)."""
+    defaults to the folder holding `results_dir`; `quiet` as run_experiment's); returns
+    (the old record, the new one)."""
     from .record import trial_record
     from .sweep import run_experiment
 
     record = load_record(results_dir, trial_id)
     exp = experiment_of(record)
-    result = run_experiment(exp, results_dir=storage or Path(results_dir).expanduser().resolve().parent)
+    result = run_experiment(exp, results_dir=storage or Path(results_dir).expanduser().resolve().parent, quiet=quiet)
     return record, trial_record(result.summary["trials"][0], result.summary)

@@ -25,6 +25,7 @@ from .plan import SweepPlan
 from .record import package_versions, trial_record
 from .reports.summary_schema import is_metric_key, one_line
 from .reports.summary_tables import device_reports, mark_size_front, size_front, summary_table
+from .reports.console import LOG_DIR_ENV, QUIET_ENV, QUIET_LIBRARY_ENV, quiet_console
 from .reports.tracking import wandb_callback
 from .trial import run_baseline, trial_main
 
@@ -33,6 +34,7 @@ from .trial import run_baseline, trial_main
 TRIAL_RESOURCE = "sweeper_trial"
 # The folder of the run where each worker appends its jobs' starts and ends (<worker id>.jsonl).
 WORKER_JOB_LOGS = "worker_jobs"
+LOGS_DIR = "logs"  # quiet runs: workers' log lines, library warnings
 
 
 @dataclass
@@ -84,9 +86,10 @@ def cluster_env_vars(extra: dict | None = None) -> dict:
 
     pin_data_dirs()  # absolute: other nodes and workers do not share our working directory
     env = {"WANDB_MODE": wandb_mode()}
-    for name in ("SWEEPER_DATA_DIR", "SWEEPER_CACHE_DIR"):
+    for name in ("SWEEPER_DATA_DIR", "SWEEPER_CACHE_DIR", LOG_DIR_ENV):
         if os.environ.get(name):
             env[name] = str(Path(os.environ[name]).expanduser().resolve())
+    env.update({name: os.environ[name] for name in (QUIET_ENV, *QUIET_LIBRARY_ENV) if os.environ.get(name)})
     env.update(extra or {})
     from .storage import job_env_vars
 
@@ -266,13 +269,15 @@ class Sweep:
 
 def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, summary_path: str | Path | None = None,
                    resume: bool = False, retry_errored: bool = False, verbose: int = 1,
-                   callbacks: list | tuple = ()) -> SweepResult:
+                   callbacks: list | tuple = (), quiet: bool = False) -> SweepResult:
     """Validates `exp`, runs its baseline and its sweep, prints the trial table; returns a
     SweepResult. Everything goes under `results_dir`/NAME, where `results_dir` is the storage
     root: a local path or a URI (None: ./results, or ~/sweeper-results under a Ray job); the
     summary JSON goes there and also to `summary_path` when given. `resume` continues the
     sweep found there (finished trials kept); `retry_errored` also starts its ERROR trials
-    again. `callbacks`: extra Ray Tune callbacks, run on this process."""
+    again. `callbacks`: extra Ray Tune callbacks, run on this process. `quiet` (what the
+    CLI does unless --verbose): Tune's own output off, one progress view instead, workers'
+    log lines and library warnings into NAME/logs/ (model builds still print their progress)."""
     if retry_errored and not resume:
         raise ConfigError("sweep", "retry_errored", True, "only with resume (--resume): there is nothing to retry in a new sweep")
     exp.validate()
@@ -280,11 +285,27 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
 
     store = open_store(results_dir, exp.name)  # before Ray starts: a bad path or URI is one line
     print(f"[sweeper] results: {store.uri}", flush=True)
-    sweep = start_sweep(exp, store)
-    baseline = measure_baseline(sweep, resume)
-    grid = make_tuner(sweep, resume, verbose, list(callbacks), retry_errored).fit()
-    summary = summarize(sweep, grid, baseline)
-    return write_results(sweep, summary, grid, summary_path)
+    with quiet_console(store.local_dir / LOGS_DIR, quiet):
+        sweep = start_sweep(exp, store)
+        baseline = measure_baseline(sweep, resume)
+        if quiet:
+            from .reports.progress import ProgressView
+
+            verbose = 0
+            callbacks = [*callbacks, ProgressView(expected_trials(exp), *exp.objective)]
+        grid = make_tuner(sweep, resume, verbose, list(callbacks), retry_errored).fit()
+        summary = summarize(sweep, grid, baseline)
+        return write_results(sweep, summary, grid, summary_path)
+
+
+def expected_trials(exp: Experiment) -> int:
+    """Returns how many trials the sweep makes: (samples x grid combinations + fixed
+    trials) x seeds."""
+    grid = 1
+    for v in exp.search_space.values():
+        if isinstance(v, dict) and isinstance(v.get("grid_search"), list):
+            grid *= len(v["grid_search"])
+    return (exp.num_samples * grid + len(exp.trials)) * exp.seeds
 
 
 def start_sweep(exp: Experiment, store) -> Sweep:

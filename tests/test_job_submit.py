@@ -123,6 +123,14 @@ def test_ray_job_submit_smoke_sweep_lands_on_storage(ray_head, ref_model_dir, tm
     assert (run_dir / "best_encodings.json").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline runs not on the storage"
     assert f"[sweeper] results: {run_dir}" in logs
+    # the quiet console: plan, progress, baseline, table and where things are; the rest in logs/
+    # (the issue's 60-line target for the README job is not met yet: Tune's config box, aimet's
+    # and torch.onnx's INFO/W lines still reach the console; the count is printed for the note)
+    print(f"job console: {len([ln for ln in logs.splitlines() if ln.strip()])} lines")
+    assert "[sweeper] trials 1/1 ended (1 done, 0 failed)" in logs
+    assert "aimet_qat: epoch" not in logs  # workers' per-job lines
+    worker_logs = list((run_dir / "logs").glob("cpu-*.log"))
+    assert any("aimet_qat: epoch" in f.read_text() for f in worker_logs)
 
 
 def test_bad_storage_is_one_line_before_ray_starts(capsys, monkeypatch, tmp_path):

@@ -71,3 +71,4 @@ def test_no_module_imports_the_old_report_paths():
            if t in old or {f"{t}.{n}" for n in names} & old]
     assert not bad, bad
     assert not [m for m in old if (PKG / (m.split(".", 1)[1] + ".py")).exists()]
+

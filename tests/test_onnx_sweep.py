@@ -67,17 +67,30 @@ def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
     assert boards, "the sweep-level leaderboard run was not written"
 
 
-def test_seeds_repeat_every_configuration(ray_local, opt_small_dir, tmp_path):
+SEEDS_EXPERIMENT_FILE = '''
+from sweeper.experiment import Experiment
+from sweeper.tasks import WikiText2PPL
+
+
+def experiment(smoke=False):
     # Two fixed trials, each run under seeds 0 and 1: the seed picks INT8 QDQ's calibration
     # blocks (so its perplexity moves) and nothing in data-free RTN (so it must not).
-    rows = [{"algorithm": "int8_qdq", "bits": 8, "block_size": None},
-            {"algorithm": "rtn", "bits": 4, "block_size": 32}]
-    exp = Experiment(
-        name="onnx_seeds", model=str(opt_small_dir), recipe="onnx_ptq",
-        task=WikiText2PPL(max_tokens=2048, context_length=128, stride=128),
-        fixed={"calibration_samples": 2}, trials=rows, device="cpu", workers=1, num_samples=0,
-        scheduler="fifo", seeds=2, wandb_project="sweeper-tests",
-    )
+    rows = [{{"algorithm": "int8_qdq", "bits": 8, "block_size": None}},
+            {{"algorithm": "rtn", "bits": 4, "block_size": 32}}]
+    return Experiment(name="onnx_seeds", model={model!r}, recipe="onnx_ptq",
+                      task=WikiText2PPL(max_tokens=2048, context_length=128, stride=128),
+                      fixed={{"calibration_samples": 2}}, trials=rows, device="cpu", workers=1, num_samples=0,
+                      scheduler="fifo", seeds=2, wandb_project="sweeper-tests")
+'''
+
+
+def test_seeds_repeat_every_configuration_and_a_record_reruns_exactly(ray_local, opt_small_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    from sweeper.cli import build_experiment, main
+
+    exp_file = tmp_path / "onnx_seeds.py"
+    exp_file.write_text(SEEDS_EXPERIMENT_FILE.format(model=str(opt_small_dir)))
+    exp = build_experiment(exp_file)  # as `sweeper run` builds it: the records say how to rerun
     s = run_experiment(exp, results_dir=tmp_path, verbose=0).summary
     assert s["seeds"] == 2 and len(s["trials"]) == 4 and all(t["status"] == "TERMINATED" for t in s["trials"])
     runs = {}
@@ -93,49 +106,24 @@ def test_seeds_repeat_every_configuration(ray_local, opt_small_dir, tmp_path):
     assert configs["rtn"]["metrics"]["wikitext2_ppl"]["std"] == 0
     assert "mean ± std" in (tmp_path / "onnx_seeds" / "summary.txt").read_text()
 
-
-EXPERIMENT_FILE = '''
-from sweeper.experiment import Experiment
-from sweeper.tasks import WikiText2PPL
-
-
-def experiment(smoke=False):
-    rows = [{{"algorithm": "gptq", "bits": 4, "block_size": 32}}]
-    return Experiment(name="onnx_record", model={model!r}, recipe="onnx_ptq",
-                      task=WikiText2PPL(max_tokens=1024, context_length=128, stride=128),
-                      fixed={{"calibration_samples": 2}}, trials=rows, device="cpu", workers=1, num_samples=0,
-                      scheduler="fifo", seed=3, wandb_project="sweeper-tests")
-'''
-
-
-def test_rerun_reproduces_a_recorded_onnx_trial(ray_local, opt_small_dir, tmp_path, capsys, monkeypatch):
-    """Every trial gets a record (versions, commit, device, seed, full config, how the sweep
-    was started); `sweeper rerun` runs it again from that record alone: an ONNX GPTQ trial
-    gives the same perplexity and size exactly."""
-    from sweeper.cli import main
-
-    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B runs are tested elsewhere; here they only cost time
-    exp_file = tmp_path / "onnx_record.py"
-    exp_file.write_text(EXPERIMENT_FILE.format(model=str(opt_small_dir)))
-    storage = tmp_path / "results"
-    assert main(["run", str(exp_file), "--storage", str(storage), "--workers", "1"]) == 0
-    run_dir = storage / "onnx_record"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    gptq = next(t for t in summary["trials"] if t["config"]["algorithm"] == "gptq")
-    record = json.loads((run_dir / "records" / f"{gptq['trial_id']}.json").read_text())
-    assert record["config"] == gptq["config"] and record["seed"] == 3 and record["status"] == "TERMINATED"
+    # Every trial has a record (versions, commit, device, seed, full config, how the sweep
+    # was started); `sweeper rerun` runs one again from it alone. The seed-1 INT8 trial (its
+    # seed picks the calibration blocks) gives the same perplexity and size exactly.
+    run_dir = tmp_path / "onnx_seeds"
+    trial = next(t for t in s["trials"] if t["config"]["algorithm"] == "int8_qdq" and t["config"]["seed"] == 1)
+    record = json.loads((run_dir / "records" / f"{trial['trial_id']}.json").read_text())
+    assert record["config"] == trial["config"] and record["seed"] == 1 and record["status"] == "TERMINATED"
     assert {"python", "torch", "onnxruntime", "transformers", "ray"} <= set(record["versions"])
     assert record["device"]["kind"] == "cpu" and record["device"]["name"]
-    assert record["origin"]["experiment_file"] == str(exp_file)
-    assert record["origin"]["overrides"] == {"workers": 1}
+    assert record["origin"]["experiment_file"] == str(exp_file) and record["origin"]["overrides"] == {}
     assert "git_commit" in record["origin"]  # None here: the file is outside any checkout
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # W&B runs are tested above; here they only cost time
     capsys.readouterr()
-
-    assert main(["rerun", str(run_dir), gptq["trial_id"], "--storage", str(tmp_path / "again")]) == 0
+    assert main(["rerun", str(run_dir), trial["trial_id"], "--storage", str(tmp_path / "again")]) == 0
     out = capsys.readouterr().out
-    assert f"rerun of {gptq['trial_id']}" in out and "wikitext2_ppl" in out
-    again = json.loads((tmp_path / "again" / f"onnx_record_rerun_{gptq['trial_id']}" / "summary.json").read_text())
+    assert f"rerun of {trial['trial_id']}" in out and "wikitext2_ppl" in out
+    again = json.loads((tmp_path / "again" / f"onnx_seeds_rerun_{trial['trial_id']}" / "summary.json").read_text())
     (new,) = again["trials"]
-    assert new["config"]["algorithm"] == "gptq" and new["status"] == "TERMINATED"
-    assert new["metrics"]["wikitext2_ppl"] == gptq["metrics"]["wikitext2_ppl"]
-    assert new["metrics"]["model_size_mb"] == gptq["metrics"]["model_size_mb"]
+    assert new["config"]["algorithm"] == "int8_qdq" and new["config"]["seed"] == 1 and new["status"] == "TERMINATED"
+    assert new["metrics"]["wikitext2_ppl"] == trial["metrics"]["wikitext2_ppl"]
+    assert new["metrics"]["model_size_mb"] == trial["metrics"]["model_size_mb"]

@@ -108,6 +108,20 @@ def test_cli_experiment_file_without_experiment(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "EXPERIMENT_FILE" in r.stderr and "def experiment" in r.stderr
 
 
+@pytest.mark.parametrize("source, line, error", [
+    ("from sweeper.experiment import Experiment\n\ndef experiment(smoke=False)\n    pass\n", 3, "SyntaxError"),
+    ("import json\nCONFIG = json.loads('{not json')\n", 2, "JSONDecodeError"),
+])
+def test_experiment_file_that_fails_to_import_is_one_line(tmp_path, source, line, error):
+    f = tmp_path / "broken.py"
+    f.write_text(source)
+    r = _cli("run", str(f))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"{f}:{line}: {error}" in r.stderr and "--verbose" in r.stderr
+    r = _cli("run", str(f), "--verbose")  # the traceback, for whoever asks
+    assert "Traceback (most recent call last)" in r.stderr and error in r.stderr
+
+
 def test_cli_bad_flag_value(tmp_path):
     r = _cli("run", "experiments/gpt2_qat.py", "--num-samples", "-1")
     assert r.returncode == 2 and "--num-samples=-1" in r.stderr

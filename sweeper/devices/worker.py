@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import JobCancelled
+from ..reports.console import log_file, send_warnings_to
 from .jobspec import JobSpec
 from .liveness import Liveness
 
@@ -126,6 +127,10 @@ class DeviceWorker:
         self._liveness = liveness or Liveness()
         self._pool_name, self._namespace = pool_name, namespace
         self._job_log = Path(job_log_dir) / f"{worker_id}.jsonl" if job_log_dir else None
+        # a quiet sweep: this worker's lines and warnings go to its log file, not the console
+        self.log_path = log_file(f"{worker_id}.log")
+        if self.log_path is not None:
+            send_warnings_to(self.log_path)
         import ray
 
         with warnings.catch_warnings():  # Ray's own property trips its own deprecation warning
@@ -135,6 +140,17 @@ class DeviceWorker:
             # Ray restarted this worker after it died, maybe mid-job: the pool may still book
             # that job as running here. (Its probe finds out too; this only makes it sooner.)
             threading.Thread(target=self._tell_pool, args=("worker_restarted", os.getpid()), daemon=True).start()
+
+    def say(self, line: str, progress: bool = False) -> None:
+        """Prints a line of this worker's job (to the driver's console through Ray), or, in a
+        quiet sweep, appends it to the worker's log file and prints only `progress` lines
+        (a model being built: long work the user waits on)."""
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(line + "\n")
+            if not progress:
+                return
+        print(line, flush=True)
 
     # ---- called remotely -------------------------------------------------------------
     def info(self) -> dict:
@@ -315,7 +331,7 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
             raise JobCancelled(f"job {job.job_id} cancelled")
 
     def log(msg: str):
-        print(f"[{worker.worker_id} {spec.trial_id or 'baseline'}] {msg}", flush=True)
+        worker.say(f"[{worker.worker_id} {spec.trial_id or 'baseline'}] {msg}", progress=msg.startswith("zoo "))
 
     loaded = worker.cached(("model", spec.model, str(device)),
                            lambda: load_model(spec.model, device=str(device), trust_remote_code=spec.trust_remote_code, log=log))
