@@ -49,7 +49,9 @@ def quiet_console(log_dir: Path, quiet: bool):
         yield
         return
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {QUIET_ENV: "quiet", LOG_DIR_ENV: str(log_dir.resolve()), **QUIET_LIBRARY_ENV}
+    # Tune's advice on checkpoint frequency (every report carries encodings on purpose)
+    env = {QUIET_ENV: "quiet", LOG_DIR_ENV: str(log_dir.resolve()), **QUIET_LIBRARY_ENV,
+           "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     saved_env = {k: os.environ.get(k) for k in env}
     saved_show = warnings.showwarning
     os.environ.update(env)

@@ -69,12 +69,9 @@ class ProgressView(Callback):
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self.best: float | None = None
+        self.latest: dict[str, float] = {}
         self.last_counts: tuple | None = None
         self.last_print = 0.0
-
-    def _better(self, v) -> bool:
-        return isinstance(v, (int, float)) and math.isfinite(v) and (
-            self.best is None or (v < self.best if self.mode == "min" else v > self.best))
 
     def _show(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -101,8 +98,12 @@ class ProgressView(Callback):
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self._better(result.get(self.metric)):
-            self.best = result[self.metric]
+        # a trial's value is its latest report's (as the summary ranks it), not its best epoch's
+        v = result.get(self.metric)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            self.latest[trial.trial_id] = v
+            values = list(self.latest.values())
+            self.best = min(values) if self.mode == "min" else max(values)
         self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
