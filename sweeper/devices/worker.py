@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import JobCancelled
+from ..record import package_versions
 from ..reports.console import log_file, send_warnings_to
 from .jobspec import JobSpec
 from .liveness import Liveness
@@ -129,6 +130,8 @@ class DeviceWorker:
         self._job_log = Path(job_log_dir) / f"{worker_id}.jsonl" if job_log_dir else None
         # a quiet sweep: this worker's lines and warnings go to its log file, not the console
         self.log_path = log_file(f"{worker_id}.log")
+        # read once: info() answers the pool's frequent probes, and a process's packages do not change
+        self.versions = package_versions()
         if self.log_path is not None:
             send_warnings_to(self.log_path)
         import ray
@@ -157,11 +160,9 @@ class DeviceWorker:
         """Returns this worker's id, kind, node, device, process id, package versions and counters."""
         import ray
 
-        from ..record import package_versions
-
         return {"worker_id": self.worker_id, "kind": self.kind_name, "device": self._device_name(),
                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "versions": package_versions(),
+                "versions": self.versions,
                 "counters": self.counters.as_dict(), "start_error": self._start_error}
 
     def start_job(self, spec: JobSpec) -> tuple[str, int]:
