@@ -1,5 +1,6 @@
 """The sweep engine end to end on local Ray: pooled workers, caching counters, ASHA
-stops freeing workers, W&B offline runs, the summary schema, and the smoke sweep."""
+stops freeing workers, W&B offline runs, the summary schema (the README's smoke sweep is checked in
+test_job_submit, which runs it as `ray job submit` does)."""
 import json
 import math
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir,
         task=WikiText2PPL(max_tokens=2048, context_length=128, stride=64),
         search_space={"output_bw": tune.grid_search([16, 16, 4, 4])},
         fixed={"quant_scheme": "tf", "epochs": 3, "steps_per_epoch": 3, "calibration_batches": 2,
-               "seq_len": 64, "batch_size": 4, "lr": 1e-5},
+               "seq_len": 64, "batch_size": 4, "lr": 1e-5, "deploy_check": "last_report"},
         device="cpu", workers=2, num_samples=1, scheduler="asha", grace_period=1, seed=0,
         wandb_project="sweeper-tests",
     )
@@ -79,24 +80,3 @@ def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir,
     # and its deployable graph, evaluated beside the sim
     assert Path(s["best_model"]).name == "best_model.onnx" and Path(s["best_model"]).stat().st_size > 0
     assert math.isfinite(on_disk["trials"][0]["metrics"]["deploy_wikitext2_ppl"])
-
-
-def test_smoke_experiment_quality(ray_local, ref_model_dir, tmp_path):
-    """The README's smoke sweep: best W8A8 QAT trial within 5% of FP32, and the search
-    space matters (trials at other settings differ)."""
-    from sweeper.cli import build_experiment
-
-    repo = Path(__file__).resolve().parents[1]
-    exp = build_experiment(repo / "experiments" / "gpt2_qat.py", smoke=True)
-    assert exp.model == "gpt2-ref"  # no hub here
-    res = run_experiment(exp, results_dir=tmp_path, verbose=0)
-    s = res.summary
-    base = s["baseline"]["wikitext2_ppl"]
-    done = [t for t in s["trials"] if t["status"] == "TERMINATED"]
-    assert len(done) == 4
-    best = done[0]["metrics"]["wikitext2_ppl"]
-    assert best <= 1.05 * base, (best, base)
-    values = {round(t["metrics"]["wikitext2_ppl"], 3) for t in done}
-    assert len(values) > 1
-    assert len(_offline_runs(res.results_dir)) == 4
-    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == s["pool"]["workers"]

@@ -68,6 +68,8 @@ QUANT_SCHEMES = {
     "percentile": ("post_training_percentile", False),
 }
 
+DEPLOY_CHECKS = ("every_report", "last_report", "off")
+
 
 @dataclass(frozen=True)
 class AimetQATConfig:
@@ -86,6 +88,11 @@ class AimetQATConfig:
     steps_per_epoch: optimizer steps per epoch (None: one pass over the training blocks).
     calibration_batches: batches used by compute_encodings.
     seed: shuffling and torch seed.
+    deploy_check: when the deployed ONNX QDQ graph (causal LMs) is exported and evaluated:
+        "every_report" (default: every report carries deploy_* metrics, whatever report a
+        scheduler stops the trial at), "last_report" (only the last planned report: trials a
+        scheduler stops early have no deploy_* metrics; an export costs several times an
+        evaluation of a small model, so short sweeps run much faster), or "off".
     deploy_kind: the device kind the exported QDQ graph is evaluated on (deploy_* metrics);
         None: the job's own kind. A GPU trial whose node has no onnxruntime CUDA provider can
         still measure its deployable graph with deploy_kind="cpu" (the metrics say where).
@@ -110,6 +117,7 @@ class AimetQATConfig:
     steps_per_epoch: int | None = None
     calibration_batches: int = 8
     seed: int = 0
+    deploy_check: str = "every_report"
     deploy_kind: str | None = None
     warmup_frac: float = 0.0
     attention_mask_value: float | None = None
@@ -133,6 +141,7 @@ class AimetQATConfig:
             check_int(WHERE, "steps_per_epoch", self.steps_per_epoch, 1, 1 << 40)
         check_int(WHERE, "calibration_batches", self.calibration_batches, 1, 10000)
         check_int(WHERE, "seed", self.seed, -(1 << 63), (1 << 63) - 1)
+        check_choice(WHERE, "deploy_check", self.deploy_check, DEPLOY_CHECKS)
         if self.deploy_kind is not None and (not isinstance(self.deploy_kind, str) or not self.deploy_kind):
             raise ConfigError(WHERE, "deploy_kind", self.deploy_kind, "a device kind's name, e.g. 'cpu'")
         check_float(WHERE, "warmup_frac", self.warmup_frac, 0, 1)
@@ -286,11 +295,12 @@ class EpochReporter:
         """Reports `metrics` (plus deploy_* for causal LMs) with the encodings as artifacts."""
         from .aimet_export import evaluate_deployed
 
-        # Every report carries its encodings and deployed metrics: a scheduler may end the
-        # trial after any of them. The graph's files ride only the last planned report.
+        # Every report carries its encodings (and, by default, deployed metrics): a scheduler
+        # may end the trial after any of them. The graph's files ride only the last planned report.
         self.encodings = self.export_encodings()
         artifacts = {"encodings.json": self.encodings}
-        if self.work.check_tokens is not None:
+        check = self.config.deploy_check
+        if self.work.check_tokens is not None and (check == "every_report" or (check == "last_report" and last)):
             deploy_metrics, deployed_files = evaluate_deployed(self.sim.model, metrics, self.ctx,
                                                                 check_tokens=self.work.check_tokens,
                                                                 kind=self.config.deploy_kind)
