@@ -136,6 +136,14 @@ def report(summary_path: Path, smoke: bool, log_wandb: bool = True) -> dict:
             f"max rel Δ ppl {agreement['max_rel_diff']['lambada_ppl']:.2e}", flush=True)
     extra = {"seed_table": rows, "runtime_agreement": agreement}
     summary_path.write_text(json.dumps({**summary, **extra}, indent=2, default=str))
+    from sweeper.reports.report_page import add_table_to_report
+
+    add_table_to_report(summary_path, "Seed-shaped table (LAMBADA)", rows, SEED_COLUMNS,
+                        note="latency_ms: median per forward pass at batch 1; samples_per_s: passages/s; _b8: at batch 8")
+    page = add_table_to_report(summary_path, "FP32 through three runtimes (same passages)", agree_rows,
+                               ["runtime", "lambada_acc", "lambada_ppl", "latency_ms"])
+    if page is not None:
+        print(f"[sweeper] report page: {page}", flush=True)
     if log_wandb and wandb_mode() != "disabled":
         from sweeper.reports.wandb_report import log_leaderboard_run
 

@@ -1,4 +1,4 @@
-"""`sweeper run | resume | devices | zoo | leaderboard` — the command line."""
+"""`sweeper run | resume | rerun | devices | zoo | report | leaderboard` — the command line."""
 from __future__ import annotations
 
 import argparse
@@ -56,7 +56,8 @@ def import_error_line(path: Path, exc: BaseException) -> str:
 
 def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int | None = None,
                      model: str | None = None, device: str | None = None, workers: int | None = None,
-                     kinds_file: str | None = None, seeds: int | None = None, verbose: bool = False):
+                     kinds_file: str | None = None, seeds: int | None = None, verbose: bool = False,
+                     workers_per_device: int | None = None):
     """Returns the validated Experiment of an experiment file with the CLI's overrides
     applied (`verbose`: an import error keeps its traceback)."""
     from .experiment import Experiment
@@ -77,8 +78,11 @@ def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int 
         exp.workers = workers
     if seeds is not None:
         exp.seeds = seeds
+    if workers_per_device is not None:
+        exp.workers_per_device = workers_per_device
     exp.origin = run_origin(path, {"smoke": smoke or None, "num_samples": num_samples, "model": model,
-                                   "device": device, "workers": workers, "kinds_file": kinds_file, "seeds": seeds})
+                                   "device": device, "workers": workers, "kinds_file": kinds_file, "seeds": seeds,
+                                   "workers_per_device": workers_per_device})
     return exp.validate()
 
 
@@ -93,6 +97,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device kind(s) of the workers: cpu, cuda, gcu, a comma list, or 'all' (overrides the file)")
     p.add_argument("--kinds", help="a YAML/JSON file of extra device kinds (another vendor's EP, TensorRT, ...)")
     p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
+    p.add_argument("--workers-per-device", type=int, help="workers sharing one GPU (Ray fractional GPUs; default 1)")
     p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
                    "show mean ± std and mark ties within the noise (overrides the file)")
     p.add_argument("--verbose", action="store_true", help="show Ray Tune's trial table, workers' per-job lines and "
@@ -135,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     zi.add_argument("path", help="the entry's folder (card.json, model.safetensors, ...), e.g. copied from "
                     "<cache>/zoo/NAME-HASH on a GPU machine")
     zi.add_argument("--force", action="store_true", help="replace a complete entry already in the cache")
+    rp = sub.add_parser("report", help="write one self-contained HTML page for one or several sweeps")
+    rp.add_argument("results_dirs", nargs="+", metavar="RESULTS", help="results folders (STORAGE/NAME) or summary JSON files")
+    rp.add_argument("-o", "--output", help="the page to write (default: RESULTS/report.html for one folder, "
+                    "else ./report.html)")
     # listed for --help only: main() hands its arguments to sweeper.reports.leaderboard untouched
     sub.add_parser("leaderboard", help="rank the trials of several sweeps together (see: sweeper leaderboard -h)",
                    add_help=False)
@@ -158,7 +167,7 @@ def _cmd_run(args) -> int:
     _check_run_flags(args)
     exp = build_experiment(args.experiment_file, smoke=args.smoke, num_samples=args.num_samples,
                            model=args.model, device=args.device, workers=args.workers, kinds_file=args.kinds,
-                           seeds=args.seeds, verbose=args.verbose)
+                           seeds=args.seeds, verbose=args.verbose, workers_per_device=args.workers_per_device)
     result = run_experiment(exp, results_dir=args.storage, summary_path=args.summary, resume=args.resume,
                             retry_errored=args.retry_errored, quiet=not args.verbose)
     return 0 if any(t["status"] == "TERMINATED" for t in result.summary["trials"]) else 1
@@ -260,6 +269,21 @@ def _cmd_zoo(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from .reports.report_page import PAGE_NAME, load_sweeps, write_report_page
+
+    sweeps = load_sweeps(args.results_dirs)
+    if args.output:
+        out = Path(args.output)
+    elif len(sweeps) == 1 and sweeps[0][1] is not None:
+        out = sweeps[0][1] / PAGE_NAME
+    else:
+        out = Path(PAGE_NAME)
+    path = write_report_page(sweeps, out)
+    print(f"[sweeper] report ({len(sweeps)} sweep(s), {sum(len(s['trials']) for s, _ in sweeps)} trials): {path}")
+    return 0
+
+
 def _zoo_training_note(card: dict) -> str:
     """Returns '\n  trained on DEVICE (NAME): S s, T tokens/s; P parameters, F% in matmuls' for
     cards that record them (older cards: '')."""
@@ -278,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return leaderboard_main(argv[1:])
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "resume": _cmd_resume, "rerun": _cmd_rerun, "devices": _cmd_devices, "zoo": _cmd_zoo}
+    handlers = {"run": _cmd_run, "resume": _cmd_resume, "rerun": _cmd_rerun, "devices": _cmd_devices, "zoo": _cmd_zoo,
+                "report": _cmd_report}
     try:
         return handlers[args.cmd](args)
     except SweeperError as exc:

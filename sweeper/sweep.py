@@ -25,7 +25,7 @@ from .plan import SweepPlan
 from .record import package_versions, trial_record
 from .reports.summary_schema import is_metric_key, one_line
 from .reports.summary_tables import device_reports, mark_size_front, size_front, summary_table
-from .reports.console import LOG_DIR_ENV, QUIET_ENV, QUIET_LIBRARY_ENV, quiet_console
+from .reports.console import LOG_DIR_ENV, QUIET_ENV, QUIET_LIBRARY_ENV, is_quiet, log_file, quiet_console, route_ray_logging
 from .reports.tracking import wandb_callback
 from .trial import run_baseline, trial_main
 
@@ -107,25 +107,44 @@ def init_ray(namespace: str, env: dict | None = None) -> None:
     from .devices.kinds import local_cpu_count
 
     runtime_env = {"env_vars": cluster_env_vars(env)}
+    # A quiet sweep: Ray processes' output stays in their log files (the workers' in the
+    # sweep's logs folder, Tune's and the pool's in Ray's session logs), and quiet_console
+    # has already routed the driver's Ray logging, which ray.init must leave alone.
+    loud = not is_quiet()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=os.environ["RAY_ADDRESS"], namespace=namespace, log_to_driver=loud,
+                 configure_logging=loud, runtime_env=runtime_env)
     else:
         # address="local": always a new local Ray, never one another process left running
         ray.init(address="local", num_cpus=local_cpu_count(), resources={TRIAL_RESOURCE: 10_000}, include_dashboard=False, namespace=namespace,
-                 log_to_driver=True, configure_logging=True, logging_level="WARNING", runtime_env=runtime_env)
+                 log_to_driver=loud, configure_logging=loud, logging_level="WARNING", runtime_env=runtime_env)
+    if not loud and log_file("driver.log") is not None:
+        route_ray_logging(log_file("driver.log"))  # ray.init dropped the handlers quiet_console set
 
 
-def share_reference_model(model: str, store) -> dict:
-    """When the storage is shared (given as a URI) and `model` is a reference model: builds
-    it here once and puts it on the storage, where every node's workers copy it from
-    instead of training it again. Returns the workers' env var saying where ({} if not)."""
-    from .models.zoo import SHARED_ZOO_ENV, publish_shared, zoo_names
+def prepare_reference_model(model: str, store) -> dict:
+    """When `model` is a reference (zoo) model: with shared storage (a URI), builds it here
+    once and puts it on the storage, where every node's workers copy it from instead of
+    training it again; on a local Ray, builds it here when it is not built yet (the workers
+    then find it in the cache), its progress on the console. Returns the workers' env var
+    saying where the shared copy is ({} if none)."""
+    from .models.zoo import SHARED_ZOO_ENV, build, is_complete, entry_path, publish_shared, zoo_names
+    from .reports.progress import ThrottledLines
 
     name = model[4:] if model.startswith("zoo:") else model
-    if not (store.shared and name in zoo_names()):
+    if name not in zoo_names():
         return {}
-    publish_shared(name, store.zoo_uri, log=lambda line: print(f"[sweeper] {line}", flush=True))
-    return {SHARED_ZOO_ENV: store.zoo_uri}
+    shared = store.shared
+    if not shared and (os.environ.get("RAY_ADDRESS") or is_complete(entry_path(name))):
+        return {}  # on a cluster each node's workers build it (their logs say how far)
+    progress = ThrottledLines(prefix="[sweeper] ", path=log_file("driver.log"), every_s=60.0 if is_quiet() else 0.0)
+    t0 = time.monotonic()
+    if shared:
+        publish_shared(name, store.zoo_uri, log=progress)
+    else:
+        build(name, log=progress)
+    progress.finish(f"reference model {name} ready ({time.monotonic() - t0:.0f}s)")
+    return {SHARED_ZOO_ENV: store.zoo_uri} if shared else {}
 
 
 def fixed_trial_space(exp: Experiment) -> tuple[dict, list[dict]]:
@@ -208,7 +227,7 @@ def resolve_kinds(exp: Experiment) -> dict:
     import ray
 
     from .devices.discovery import discover, usable_kinds
-    from .devices.kinds import KINDS, capacity, get_kind
+    from .devices.kinds import KINDS, capacity, get_kind, shared_device
     from .errors import DeviceUnavailable
 
     cluster = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
@@ -218,8 +237,8 @@ def resolve_kinds(exp: Experiment) -> dict:
             n for n in KINDS if any(n in node["kinds"] for node in nodes)]
         if not names:
             raise DeviceUnavailable(f"device 'all': no node of the cluster can host any device kind; it has {cluster}")
-        return {n: KINDS[n] for n in names}
-    kinds = {n: get_kind(n) for n in exp.device_names}
+        return {n: shared_device(KINDS[n], exp.workers_per_device) for n in names}
+    kinds = {n: shared_device(get_kind(n), exp.workers_per_device) for n in exp.device_names}
     for name, kind in kinds.items():
         if capacity(kind, cluster) < 1:
             raise DeviceUnavailable(f"device kind '{name}' needs {kind.resources} per worker and no node of the cluster "
@@ -314,7 +333,7 @@ def start_sweep(exp: Experiment, store) -> Sweep:
     from .config import to_dict
     from .devices.pool import start_pool
 
-    shared_zoo = share_reference_model(exp.model, store)
+    shared_zoo = prepare_reference_model(exp.model, store)
     namespace = f"sweeper-{exp.name}-{uuid.uuid4().hex[:8]}"
     metric, mode = exp.objective
     init_ray(namespace, shared_zoo)
@@ -453,6 +472,7 @@ def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | 
     exp, store, run_dir = sweep.exp, sweep.store, sweep.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir, store.where)
+    summary["results"] = store.uri
     summary["pareto_size"] = size_front(summary)
     summary["reports"] = device_reports(summary)
     table = summary_table(summary)
@@ -469,6 +489,7 @@ def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | 
         f.write_text(json.dumps(summary, indent=2, default=str))
         f.with_suffix(".txt").write_text(table + "\n")
     report_leaderboard(exp, summary, stored, run_dir)
+    write_page(summary, run_dir)
     store.publish()
     also = f" and {out}" if out != stored else ""
     print(f"[sweeper] summary written to {store.where(stored)}{also} (table: summary.txt beside it)", flush=True)
@@ -507,6 +528,18 @@ def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_d
             print(f"[sweeper] leaderboard logged to W&B ({wandb_mode()}): {where}", flush=True)
     except Exception as exc:  # noqa: BLE001 - reporting must not lose a finished sweep
         print(f"[sweeper] could not write the leaderboard report: {type(exc).__name__}: {exc}", flush=True)
+
+
+def write_page(summary: dict, run_dir: Path) -> None:
+    """Writes the sweep's report page (run_dir/report.html) and prints where. A failure
+    here is printed, never raised: the summary is already on disk."""
+    from .reports.report_page import PAGE_NAME, write_report_page
+
+    try:
+        path = write_report_page([(summary, run_dir)], run_dir / PAGE_NAME)
+        print(f"[sweeper] report page: {path}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - reporting must not lose a finished sweep
+        print(f"[sweeper] could not write the report page: {type(exc).__name__}: {exc}", flush=True)
 
 
 def build_summary(exp: Experiment, grid, baseline: dict, stats: dict, waits: list[float],

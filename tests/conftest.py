@@ -74,3 +74,20 @@ def roberta_tok(data_dir):
     from sweeper.models.encoder import train_roberta_tokenizer
 
     return train_roberta_tokenizer(load_wikitext("wikitext-2-v1", "validation").text[:100_000], 400, max_length=64)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless Chromium (tests/browser.py), installed with apt-get when missing; the test
+    is skipped, saying why, only where it can't be installed."""
+    from tests.browser import Browser, find_browser, install_browser
+
+    chromium, driver = find_browser()
+    if not (chromium and driver):
+        why = install_browser()
+        if why:
+            pytest.skip(f"no headless Chromium: {why}")
+        chromium, driver = find_browser()
+    b = Browser(chromium, driver)
+    yield b
+    b.close()

@@ -22,7 +22,7 @@ def ray_local():
     ray.shutdown()
 
 
-def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
+def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path, browser):
     rows = [{"algorithm": "fp32", "bits": None, "block_size": None},
             {"algorithm": "int8_qdq", "bits": 8, "block_size": None}]
     exp = Experiment(
@@ -50,6 +50,11 @@ def test_onnx_sweep_exports_once_per_worker(ray_local, opt_small_dir, tmp_path):
     fp32 = next(t for t in s["trials"] if t["config"]["algorithm"] == "fp32")
     assert fp32["metrics"]["wikitext2_ppl"] == pytest.approx(s["baseline"]["wikitext2_ppl"], rel=1e-9)
     assert fp32["metrics"]["model_size_mb"] == pytest.approx(s["baseline"]["model_size_mb"])
+    # the report page, rendered by a real browser: a row per trial and the Pareto plot
+    page = browser.render(res.results_dir / "report.html", "report_onnx_sweep")
+    assert page.trial_rows == 4 and page.console_errors == []
+    assert [i["alt"] for i in page.images] == [f"Pareto plot of {exp.name}"]
+    assert all(i["complete"] and i["width"] > 100 for i in page.images)
     # quantized graphs are smaller; the front holds the smallest and the best
     sizes = {t["trial_id"]: t["metrics"]["model_size_mb"] for t in s["trials"]}
     assert all(sizes[t["trial_id"]] < fp32["metrics"]["model_size_mb"] for t in s["trials"] if t is not fp32)

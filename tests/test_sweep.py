@@ -31,7 +31,7 @@ def _offline_runs(run_dir: Path) -> list[dict]:
     return [r for r in runs if not r["config"].get("sweeper_leaderboard")]
 
 
-def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir, tmp_path):
+def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir, tmp_path, browser):
     # Two 16-bit-activation trials run first; the two 4-bit ones that follow are far worse
     # at the first rung, so ASHA stops them and their jobs must be cancelled at once.
     exp = Experiment(
@@ -80,3 +80,9 @@ def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir,
     # and its deployable graph, evaluated beside the sim
     assert Path(s["best_model"]).name == "best_model.onnx" and Path(s["best_model"]).stat().st_size > 0
     assert math.isfinite(on_disk["trials"][0]["metrics"]["deploy_wikitext2_ppl"])
+    # the report page, rendered by a real browser: a row per trial, the curves per epoch
+    page = browser.render(res.results_dir / "report.html", "report_asha_sweep")
+    assert page.trial_rows == 4 and page.baseline_rows == 1
+    assert [i["alt"] for i in page.images] == ["engine metric per epoch"]
+    assert all(i["complete"] and i["width"] > 100 for i in page.images) and page.console_errors == []
+    assert "Failed trials (0)" in page.text

@@ -112,6 +112,7 @@ def report_seed_table(summary_path: str, task: str = "all", pinned: dict | None 
     _, missing = runnable_tasks(task) if task == "all" else ([task], {})
     rows, cols = seed_table(summary, missing)
     text = "GLUE dev, percent (seed-shaped table):\n" + format_table(rows, cols)
+    eff, ecols = [], []
     if pinned is not None:
         eff = mask_value_effect(summary, pinned)
         if eff:
@@ -121,6 +122,14 @@ def report_seed_table(summary_path: str, task: str = "all", pinned: dict | None 
     print("\n" + text, flush=True)
     out = Path(summary_path).with_name(Path(summary_path).stem + ".glue_table.txt")
     out.write_text(text + "\n")
+    from .report_page import add_table_to_report
+
+    page = add_table_to_report(summary_path, "GLUE dev, percent (seed-shaped table)", rows, cols)
+    if pinned is not None and eff:
+        page = add_table_to_report(summary_path, "attention_mask_value, same recipe otherwise", eff, ecols,
+                                   note=", ".join(f"{k}={v}" for k, v in pinned.items()))
+    if page is not None:
+        print(f"[sweeper] report page: {page}", flush=True)
     if wandb_mode() != "disabled":
         from .wandb_report import log_table_run
 

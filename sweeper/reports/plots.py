@@ -13,6 +13,7 @@ AXIS_LABELS = {
     "latency_ms": "latency (ms)",
     "tokens_per_s": "throughput (tokens/s)",
     "eval_tokens_per_s": "evaluation throughput (tokens/s)",
+    "train_loss": "training loss (nats/token)",
 }
 TRIALS_GID, FRONT_GID = "trials", "pareto_front"
 

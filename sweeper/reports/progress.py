@@ -1,7 +1,7 @@
 """The sweep's progress view: one status line (trials done / running / failed, the best
 value so far, elapsed and estimated remaining time) that is rewritten in place on a
-terminal and printed as a new line in a log (only when a count changes, or every
-`every_s` seconds), plus one line per failed trial."""
+terminal and printed as a new line in a log (only when a trial ends, or every `every_s`
+seconds), plus one line per failed trial."""
 from __future__ import annotations
 
 import math
@@ -76,7 +76,10 @@ class ProgressView(Callback):
     def _show(self, force: bool = False) -> None:
         now = time.monotonic()
         counts = (len(self.done), len(self.running), len(self.failed))
-        if not force and counts == self.last_counts and now - self.last_print < (1.0 if self.tty else self.every_s):
+        # a log gets a new line when a trial ends (not when one starts), or every every_s
+        changed = counts != self.last_counts if self.tty else (
+            self.last_counts is None or (counts[0], counts[2]) != (self.last_counts[0], self.last_counts[2]))
+        if not force and not changed and now - self.last_print < (1.0 if self.tty else self.every_s):
             return
         line = status_line(self.total, *counts, self.best, self.metric, now - self.start)
         self.stream.write(("\r\x1b[2K" + line) if self.tty else line + "\n")
@@ -122,7 +125,45 @@ class ProgressView(Callback):
         self._show(force=True)
 
     def on_experiment_end(self, trials, **info):
-        self._show(force=True)
+        self._show(force=self.tty)  # a log already has the line of the last trial's end
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+class ThrottledLines:
+    """A `log` callable for long work (a reference model being trained) in front of a
+    waiting user: every line is appended to `path` (when given); on the console a terminal
+    sees each line rewritten in place, a log sees the first line and then at most one line
+    every `every_s` seconds (every line when 0). `finish` prints the closing line."""
+
+    def __init__(self, prefix: str = "", path=None, every_s: float = 60.0):
+        self.prefix, self.path, self.every_s = prefix, path, every_s
+        self.last_print: float | None = None
+        self.pending_tty_line = False
+
+    @property
+    def tty(self) -> bool:
+        return self.every_s > 0 and bool(getattr(sys.stdout, "isatty", lambda: False)())
+
+    def __call__(self, line: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        now = time.monotonic()
+        if self.tty:
+            sys.stdout.write("\r\x1b[2K" + self.prefix + line)
+            self.pending_tty_line = True
+        elif self.last_print is None or now - self.last_print >= self.every_s:
+            sys.stdout.write(self.prefix + line + "\n")
+            self.last_print = now
+        sys.stdout.flush()
+
+    def finish(self, line: str) -> None:
+        """Prints `line` as the work's last line (always, on a line of its own)."""
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+        sys.stdout.write(("\r\x1b[2K" if self.pending_tty_line else "") + self.prefix + line + "\n")
+        sys.stdout.flush()
+        self.pending_tty_line = False

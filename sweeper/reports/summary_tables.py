@@ -93,9 +93,11 @@ def configuration_table(summary: dict) -> str:
     return f"per configuration ({len(configs)}), best mean first:\n" + format_table(rows, cols) + "\n" + legend
 
 
-def summary_table(summary: dict) -> str:
-    """Returns the trial table (sorted by the objective) with Δ vs the FP32 baseline, and,
-    where trials report model_size_mb, the size and a '*' on the quality-vs-size front."""
+def summary_rows(summary: dict) -> tuple[str, list[dict], list[str], str]:
+    """Returns (caption, rows, columns, legend) of the trial table: the FP32 baseline row,
+    then one row per trial (sorted as the summary is: by the objective) with Δ vs the FP32
+    baseline (its own task's) and, where trials report model_size_mb, the size and a '*' on
+    the quality-vs-size front; failed trials carry their error."""
     metric = summary["metric"]
     base = summary["baseline"].get(metric)
     keys = sorted({k for t in summary["trials"] for k in t["config"]})
@@ -126,9 +128,16 @@ def summary_table(summary: dict) -> str:
         cols.append("error")
     settings = summary.get("eval_settings", {})
     caption = ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("dataset", "split", "context_length", "stride", "max_tokens", "dtype"))
-    legend = "\n* = on the quality-vs-size Pareto front; size MB = graph plus external data, 2**20 bytes" if sized else ""
+    legend = "* = on the quality-vs-size Pareto front; size MB = graph plus external data, 2**20 bytes" if sized else ""
+    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}", rows, cols, legend
+
+
+def summary_table(summary: dict) -> str:
+    """Returns summary_rows as plain text (the per-configuration table first when trials
+    repeat under several seeds)."""
+    caption, rows, cols, legend = summary_rows(summary)
     per_config = configuration_table(summary) + "\n\nruns:\n" if summary.get("configurations") else ""
-    return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}\n" + per_config + format_table(rows, cols) + legend
+    return caption + "\n" + per_config + format_table(rows, cols) + ("\n" + legend if legend else "")
 
 
 def rerun_table(record: dict, new_record: dict) -> str:

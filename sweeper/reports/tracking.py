@@ -38,7 +38,9 @@ def wandb_callback(project: str, results_dir: Path, group: str):
                                excludes=["eval_settings", "artifacts"], log_config=False)
 
 
-def _fmt(v) -> str:
+def format_cell(v) -> str:
+    """Returns a table cell's text: floats to 4 significant digits (scientific when tiny or
+    huge), everything else as str()."""
     if isinstance(v, float):
         if not math.isfinite(v):
             return str(v)
@@ -48,7 +50,7 @@ def _fmt(v) -> str:
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """Returns a plain-text table of `rows` (dicts) with the given columns."""
-    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    cells = [[format_cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
     out = [line, "  ".join("-" * w for w in widths)]
