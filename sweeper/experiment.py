@@ -37,6 +37,9 @@ class Experiment:
     kinds: list = field(default_factory=list)  # extra DeviceKinds (or dicts) for this sweep
     kinds_file: str | None = None  # a YAML/JSON file of extra device kinds
     workers: int | None = None  # None: as many as the cluster holds for the kind
+    # Workers sharing one GPU (kinds that hold a GPU: each worker holds 1/N of it, as Ray
+    # fractional GPUs); small trials leave most of a large GPU idle otherwise.
+    workers_per_device: int = 1
     num_samples: int = 4
     scheduler: str = "asha"
     grace_period: int = 1  # ASHA: reports before a trial can be stopped
@@ -192,6 +195,7 @@ class Experiment:
         if not isinstance(self.search_space, dict):
             raise ConfigError(w, "search_space", type(self.search_space).__name__, "a dict of field -> domain")
         validate_devices(self)
+        check_int(w, "workers_per_device", self.workers_per_device, 1, 64)
         if self.workers is not None:
             check_int(w, "workers", self.workers, 1, 4096)
         check_int(w, "num_samples", self.num_samples, 0 if self.trials else 1, 100_000)
@@ -270,6 +274,10 @@ def validate_devices(self: Experiment) -> None:
     if names != ["all"]:
         for n in names:
             get_kind(n)
+    if self.workers_per_device != 1 and names != ["all"] and not any(get_kind(n).resources.get("GPU", 0) > 0 for n in names):
+        raise ConfigError("experiment", "workers_per_device", self.workers_per_device,
+                          f"1 for kinds that hold no GPU (kinds {', '.join(names)}; a CPU kind's workers are "
+                          "already one per core)")
     allowed = sorted(KINDS) if names == ["all"] else names
     searched = list(_domain_values("device", self.search_space["device"])) if "device" in self.search_space else []
     searched += [t["device"] for t in self.trials if isinstance(t, dict) and "device" in t]

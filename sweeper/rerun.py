@@ -36,7 +36,8 @@ def experiment_of(record: dict):
                           "at that path (records written before sweeper recorded it have none)")
     ov = origin.get("overrides", {})
     exp = build_experiment(file, smoke=ov.get("smoke", False), model=ov.get("model"), device=ov.get("device"),
-                           workers=ov.get("workers"), kinds_file=ov.get("kinds_file"))
+                           workers=ov.get("workers"), kinds_file=ov.get("kinds_file"),
+                           workers_per_device=ov.get("workers_per_device"))
     exp.trials, exp.num_samples, exp.seeds, exp.scheduler = [dict(record["config"])], 0, 1, "fifo"
     reports = record["metrics"].get("training_iteration")
     if isinstance(reports, int) and reports > 0:  # a trial the scheduler stopped early stops there again

@@ -41,6 +41,21 @@ def test_bad_kind_entries(entry, word):
         kind_from_dict(entry)
 
 
+def test_workers_per_device_share_a_gpu_and_only_a_gpu(opt_small_dir):
+    from sweeper.devices.kinds import shared_device
+
+    quarter = shared_device(KINDS["cuda"], 4)
+    assert quarter.resources["GPU"] == 0.25 and quarter.actor_options()["num_gpus"] == 0.25
+    assert quarter.name == "cuda" and shared_device(KINDS["cpu"], 4) is KINDS["cpu"]
+    Experiment(name="d", model=str(opt_small_dir), recipe="onnx_precision", task=TASK, device="cuda",
+               workers_per_device=4).validate()
+    for bad, device, word in ((2, "cpu", "hold no GPU"), (0, "cuda", "workers_per_device"), ("auto", "cuda", "workers_per_device")):
+        with pytest.raises(ConfigError, match=word) as e:
+            Experiment(name="d", model=str(opt_small_dir), recipe="onnx_precision", task=TASK, device=device,
+                       workers_per_device=bad).validate()
+        assert "\n" not in str(e.value)
+
+
 def test_searched_device_must_be_a_kind_of_the_experiment(opt_small_dir):
     from ray import tune
 

@@ -85,8 +85,31 @@ def test_nan_trial_fails_alone_with_its_reason(ray_local, ref_model_dir, tmp_pat
     assert all(math.isfinite(t["metrics"]["wikitext2_ppl"]) for t in by_status["TERMINATED"])
     assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2
     assert "ERROR" in res.table and "wikitext2_ppl is nan" in res.table
+    page = (res.results_dir / "report.html").read_text()  # the report page lists it with its reason
+    assert "Failed trials (1)" in page and f"{bad['trial_id']}</td>" in page and "wikitext2_ppl is nan at epoch 2" in page
     # the secret appears in no output: console, summary, Tune's files, W&B offline runs
     out, err = capfd.readouterr()
     assert secret not in out + err
     leaked = [p for p in Path(tmp_path).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_out_of_memory_halves_the_batch_then_fails_alone(ray_local, ref_model_dir, tmp_path):
+    """An injected CUDA out-of-memory error: the job runs again on its worker with half the
+    training and evaluation batch, at most twice; the result says what it ran with; a trial
+    that still does not fit ends as ERROR with the reason, and the others finish."""
+    exp = Experiment(name="oomtrial", model="gpt2-ref", recipe="planted_oom", task=EVAL, plugins=(PLUGIN,),
+                     search_space={"fits_batch": tune.grid_search([8, 4, 2, 0])}, fixed={"batch_size": 8},
+                     workers=2, num_samples=1, scheduler="fifo", max_failures=0, wandb_project="sweeper-tests")
+    s = run_experiment(exp, results_dir=tmp_path, verbose=0).summary
+    by_fit = {t["config"]["fits_batch"]: t for t in s["trials"]}
+    assert by_fit[8]["status"] == "TERMINATED" and "oom_retries" not in by_fit[8]["metrics"]
+    for fits, retries in ((4, 1), (2, 2)):
+        m = by_fit[fits]["metrics"]
+        assert by_fit[fits]["status"] == "TERMINATED"
+        assert (m["oom_retries"], m["oom_batch_size"], m["trained_batch"]) == (retries, fits, fits)
+        assert m["oom_eval_batch_size"] == m["eval_batch"] == max(1, EVAL.batch_size >> retries)
+        assert math.isfinite(m["wikitext2_ppl"])
+    bad = by_fit[0]
+    assert bad["status"] == "ERROR" and "out of memory" in bad["error"] and "after 2 batch-size halving(s)" in bad["error"]
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2

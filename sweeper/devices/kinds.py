@@ -2,6 +2,7 @@
 the ONNX Runtime execution providers (with options) its sessions use."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -141,6 +142,16 @@ def load_kinds_file(path) -> list[DeviceKind]:
     if not isinstance(entries, list):
         raise ConfigError(f"device kinds file {p}", "kinds", type(entries).__name__, "a list of kind mappings")
     return [kind_from_dict(e, f"device kinds file {p}") for e in entries]
+
+
+def shared_device(kind: DeviceKind, workers_per_device: int) -> DeviceKind:
+    """Returns `kind` with each worker holding 1/workers_per_device of its GPU share (the
+    same kind when it holds no GPU or workers_per_device is 1); its other resources (CPU
+    slots) stay per worker."""
+    gpu = kind.resources.get("GPU", 0)
+    if workers_per_device == 1 or gpu <= 0:
+        return kind
+    return dataclasses.replace(kind, resources={**kind.resources, "GPU": gpu / workers_per_device})
 
 
 def capacity(kind: DeviceKind, cluster_resources: dict) -> int:

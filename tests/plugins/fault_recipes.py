@@ -43,3 +43,28 @@ def planted_nan(model, config: PlantedNaNConfig, ctx) -> Quantized:
 
 
 RECIPES.register("planted_nan", planted_nan)(PlantedNaNConfig)
+
+
+@dataclass(frozen=True)
+class PlantedOOMConfig:
+    batch_size: int = 8
+    fits_batch: int = 2  # the largest batch that "fits": a larger one raises CUDA out of memory
+
+    def __post_init__(self):
+        check_int("recipe planted_oom", "batch_size", self.batch_size, 1, 1024)
+        check_int("recipe planted_oom", "fits_batch", self.fits_batch, 0, 1024)
+
+
+def planted_oom(model, config: PlantedOOMConfig, ctx) -> Quantized:
+    """Raises torch's CUDA OutOfMemoryError when config.batch_size > config.fits_batch (a
+    device that is too small, on any machine); else reports its evaluation with the batch
+    sizes it ran with and returns the model."""
+    import torch
+
+    if config.batch_size > config.fits_batch:
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {config.batch_size} GiB (planted)")
+    ctx.report({**ctx.evaluate(model), "trained_batch": config.batch_size, "eval_batch": ctx.task.batch_size, "epoch": 0})
+    return Quantized(model=model, reported=True)
+
+
+RECIPES.register("planted_oom", planted_oom)(PlantedOOMConfig)
