@@ -1,0 +1,137 @@
+"""GPU sweeps: trials/hour against GPUs used and workers per GPU, same trials, one run.
+
+Runs one fixed list of trials with sweeper.sweep.run_experiment once per configuration
+(GPUs x workers per GPU), each on its own fresh local Ray that sees only those GPUs
+(CUDA_VISIBLE_DEVICES set before Ray starts), and prints a table: GPUs, workers per GPU,
+workers, trials done, sweep seconds (from the pool's start to the last trial's end, the
+sweep's `elapsed_s`), wall seconds (Ray start included), trials/hour on the sweep seconds,
+the ratio to the first configuration, the peak GPU memory share a worker was capped at,
+and the largest relative difference of any trial's objective from the first
+configuration's (the same trials on the same GPUs should agree to float noise).
+
+Workloads (trial lists from benchmarks/sweep_throughput.py, repeated with lr scaled to
+make --trials trials):
+  qat   aimet QAT on gpt2-ref: 1 epoch of 10 steps, 2 calibration batches, seq_len 128,
+        batch 8, the deployed graph checked on each trial's last report (CPU work: export
+        and onnxruntime); WikiText2PPL(max_tokens=8192).
+  eval  the same trials with epochs=0 and no deploy check: calibrate the QuantSim and
+        evaluate it, the evaluation-heavy torch side (the ONNX sweeps' evaluation runs
+        through onnxruntime, whose CUDA provider this machine's image lacks).
+
+    python benchmarks/gpu_packing.py --workload qat --gpus 1 --per-gpu 1,2,4,8
+    python benchmarks/gpu_packing.py --workload qat --gpus 1,2 --per-gpu 4    # 1 -> 2 GPUs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+for p in (str(_REPO), str(_REPO / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from sweep_throughput import METRIC, QAT_TRIALS, complete_trials, start_local_ray, trial_space  # noqa: E402
+
+
+def trials_for(workload: str, n: int) -> tuple[dict, list[dict]]:
+    """Returns (the workload's fixed recipe fields and task kwargs, `n` trials) for
+    "qat" or "eval" (QAT_TRIALS repeated with lr scaled by 1, 0.5, 0.25, ...)."""
+    fixed = {"epochs": 1, "steps_per_epoch": 10, "calibration_batches": 2, "seq_len": 128, "batch_size": 8,
+             "param_bw": 8, "input_quantization": True, "clamp_value": 30.0, "weight_decay": 0.0,
+             "deploy_check": "last_report"}
+    if workload == "eval":
+        fixed.update(epochs=0, deploy_check="off")
+    out = []
+    for i in range(n):
+        base = QAT_TRIALS[i % len(QAT_TRIALS)]
+        out.append({**base, "lr": base["lr"] * 0.5 ** (i // len(QAT_TRIALS))})
+    wl = {"name": workload, "model": "gpt2-ref", "recipe": "aimet_qat", "fixed": fixed,
+          "task": {"split": "test", "batch_size": 8, "max_tokens": 8_192}, "trials": out}
+    return wl, complete_trials(wl)
+
+
+def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: Path) -> dict:
+    """Runs the trials on `gpus` GPUs with `per_gpu` workers each; returns the record."""
+    import ray
+
+    from sweeper.experiment import Experiment
+    from sweeper.sweep import run_experiment
+    from sweeper.tasks import WikiText2PPL
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
+    exp = Experiment(name=f"pack_{wl['name']}_{gpus}g{per_gpu}w", model=wl["model"], recipe=wl["recipe"],
+                     task=WikiText2PPL(**wl["task"]), search_space=trial_space(trials), fixed=dict(wl["fixed"]),
+                     trials=trials, device="cuda", workers=gpus * per_gpu, workers_per_device=per_gpu, num_samples=0,
+                     scheduler="fifo", max_failures=0, seed=0, wandb_project="sweeper-bench")
+    t0 = time.time()
+    start_local_ray("cuda", sweeper_trial=True)
+    try:
+        res = run_experiment(exp, results_dir=scratch / exp.name, verbose=0)
+    finally:
+        ray.shutdown()
+    wall = time.time() - t0
+    s = res.summary
+    done = [t for t in s["trials"] if t["status"] == "TERMINATED"]
+    sweep_s = s.get("elapsed_s") or wall
+    return {"gpus": gpus, "per_gpu": per_gpu, "workers": len(s["workers"]), "trials": len(s["trials"]),
+            "done": len(done), "sweep_s": sweep_s, "wall_s": wall, "trials_per_hour": 3600.0 * len(done) / sweep_s,
+            "errors": [t.get("error") for t in s["trials"] if t["status"] != "TERMINATED"][:3],
+            "values": {json.dumps(t["config"], sort_keys=True, default=str): t["metrics"].get(METRIC) for t in done}}
+
+
+def render(rows: list[dict]) -> str:
+    """Returns the table of the configurations, ratios against the first."""
+    first = rows[0]
+    lines = ["gpus  per_gpu  workers  done  sweep_s  wall_s  trials/h  ratio  max_rel_diff_vs_first"]
+    for r in rows:
+        common = [k for k in r["values"] if k in first["values"] and first["values"][k]]
+        diff = max((abs(r["values"][k] - first["values"][k]) / abs(first["values"][k]) for k in common), default=None)
+        lines.append(f"{r['gpus']:>4}  {r['per_gpu']:>7}  {r['workers']:>7}  {r['done']:>4}  {r['sweep_s']:>7.1f}  "
+                     f"{r['wall_s']:>6.1f}  {r['trials_per_hour']:>8.0f}  {r['trials_per_hour'] / first['trials_per_hour']:>5.2f}  "
+                     f"{'-' if diff is None else f'{diff:.2e}'}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """Runs every (GPUs, workers per GPU) configuration asked for; prints the table; returns 0."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", choices=("qat", "eval"), default="qat")
+    ap.add_argument("--gpus", default="1", help="comma list of GPU counts, e.g. 1,2")
+    ap.add_argument("--per-gpu", default="1,2,4", help="comma list of workers per GPU, e.g. 1,2,4,8")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--out", help="write the records and the table as JSON here")
+    args = ap.parse_args(argv)
+    os.environ.pop("RAY_ADDRESS", None)
+    wl, trials = trials_for(args.workload, args.trials)
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-packing-"))
+    rows = []
+    try:
+        for g in (int(x) for x in args.gpus.split(",")):
+            for n in (int(x) for x in args.per_gpu.split(",")):
+                print(f"[bench] {args.workload}: {len(trials)} trials on {g} GPU(s) x {n} worker(s)", flush=True)
+                rows.append(run_config(wl, trials, g, n, scratch))
+                print(f"[bench]   {rows[-1]['done']} done in {rows[-1]['sweep_s']:.1f}s "
+                      f"({rows[-1]['trials_per_hour']:.0f} trials/h) {rows[-1]['errors'] or ''}", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    table = render(rows)
+    import torch
+
+    head = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, workload {args.workload}, {len(trials)} trials"
+    print(f"\n{head}\n{table}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"head": head, "rows": rows, "table": table}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
