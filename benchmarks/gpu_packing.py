@@ -12,8 +12,8 @@ configuration's (the same trials on the same GPUs should agree to float noise).
 Workloads (trial lists from benchmarks/sweep_throughput.py, repeated with lr scaled to
 make --trials trials):
   qat   aimet QAT on gpt2-ref: 1 epoch of 10 steps, 2 calibration batches, seq_len 128,
-        batch 8, the deployed graph checked on each trial's last report (CPU work: export
-        and onnxruntime); WikiText2PPL(max_tokens=8192).
+        batch 8, no deployed-graph check (--deploy-check last_report adds it: CPU work,
+        export and onnxruntime); WikiText2PPL(max_tokens=8192).
   eval  the same trials with epochs=0 and no deploy check: calibrate the QuantSim and
         evaluate it, the evaluation-heavy torch side (the ONNX sweeps' evaluation runs
         through onnxruntime, whose CUDA provider this machine's image lacks).
@@ -42,12 +42,12 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from sweep_throughput import METRIC, QAT_TRIALS, complete_trials, start_local_ray, trial_space  # noqa: E402
 
 
-def trials_for(workload: str, n: int) -> tuple[dict, list[dict]]:
+def trials_for(workload: str, n: int, deploy_check: str = "off") -> tuple[dict, list[dict]]:
     """Returns (the workload's fixed recipe fields and task kwargs, `n` trials) for
     "qat" or "eval" (QAT_TRIALS repeated with lr scaled by 1, 0.5, 0.25, ...)."""
     fixed = {"epochs": 1, "steps_per_epoch": 10, "calibration_batches": 2, "seq_len": 128, "batch_size": 8,
              "param_bw": 8, "input_quantization": True, "clamp_value": 30.0, "weight_decay": 0.0,
-             "deploy_check": "last_report"}
+             "deploy_check": deploy_check}
     if workload == "eval":
         fixed.update(epochs=0, deploy_check="off")
     out = []
@@ -108,10 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", default="1", help="comma list of GPU counts, e.g. 1,2")
     ap.add_argument("--per-gpu", default="1,2,4", help="comma list of workers per GPU, e.g. 1,2,4,8")
     ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--deploy-check", default="off", choices=("off", "last_report", "every_report"))
     ap.add_argument("--out", help="write the records and the table as JSON here")
     args = ap.parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)
-    wl, trials = trials_for(args.workload, args.trials)
+    wl, trials = trials_for(args.workload, args.trials, args.deploy_check)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-packing-"))
     rows = []
     try:
