@@ -5,12 +5,14 @@ GPT-2-shaped model (GPT-2 small by default: 12 layers, width 768, 12 heads, 1024
 vocab 50257; sequences of 512 tokens, batch 8) in one run, for these variants:
 
   fp32                plain transformers GPT2LMHeadModel, fp32 (TF32 off on CUDA)
+  fp32_tf32           the same with TF32 tensor-core matmuls (CUDA)
   bf16_autocast       the same under torch.autocast(device_type, dtype=torch.bfloat16)
   qat                 the aimet QuantSim of the model built exactly as the aimet_qat recipe
                       builds it (sweeper.recipes.aimet_qat: prepare_workload, build_quantsim,
                       calibrate) with the seed config: quant_scheme range_learning_tf, W8A8,
                       input quantization, activation ranges clamped to +-30, calibrated on
                       2 random batches; trained in fp32
+  qat_tf32            the same sim with TF32 matmuls (the recipe's `tf32=True`)
   qat_bf16_autocast   the same sim trained under bf16 autocast (an error is reported in the
                       table, not raised, when aimet refuses it)
 
@@ -42,6 +44,7 @@ location when not installed). aimet is imported (seconds) only when a QAT varian
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -60,7 +63,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-VARIANTS = ("fp32", "bf16_autocast", "qat", "qat_bf16_autocast")
+VARIANTS = ("fp32", "fp32_tf32", "bf16_autocast", "qat", "qat_tf32", "qat_bf16_autocast")
 PROFILE_STEPS = 5
 TOP_OPS = 15
 
@@ -293,10 +296,26 @@ def run_qat(names: list[str], args, device, batches) -> tuple[list[dict], object
     rows = []
     for name in names:
         try:
-            rows.append(measure(name, sim_loss(sim), sim.model, batches, args, device, bf16=name.endswith("bf16_autocast")))
+            with tf32(device, name.endswith("_tf32")):
+                rows.append(measure(name, sim_loss(sim), sim.model, batches, args, device, bf16=name.endswith("bf16_autocast")))
         except Exception as exc:
             rows.append(error_row(name, exc))
     return rows, sim, info
+
+
+@contextlib.contextmanager
+def tf32(device, enabled: bool):
+    """Within the block, CUDA matmuls use TF32 tensor cores when `enabled` (the *_tf32
+    variants; the aimet_qat recipe's `tf32` field does the same), else true fp32."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
@@ -473,7 +492,11 @@ def main(argv=None) -> dict:
     print(header(device, args), flush=True)
     chosen = [v for v in VARIANTS if v in args.variants.split(",")]
     batches = training_batches(args, device)
-    rows = [run_plain(v, args, device, batches, bf16=v == "bf16_autocast") for v in chosen if not v.startswith("qat")]
+    rows = []
+    for v in chosen:
+        if not v.startswith("qat"):
+            with tf32(device, v.endswith("_tf32")):
+                rows.append(run_plain(v, args, device, batches, bf16=v == "bf16_autocast"))
     qat_names = [v for v in chosen if v.startswith("qat")]
     sim, qat_info, prof = None, {}, None
     if qat_names:
