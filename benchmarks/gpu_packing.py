@@ -5,8 +5,9 @@ Runs one fixed list of trials with sweeper.sweep.run_experiment once per configu
 (CUDA_VISIBLE_DEVICES set before Ray starts), and prints a table: GPUs, workers per GPU,
 workers, trials done, sweep seconds (from the pool's start to the last trial's end, the
 sweep's `elapsed_s`), wall seconds (Ray start included), trials/hour on the sweep seconds,
-the ratio to the first configuration, the peak GPU memory share a worker was capped at,
-and the largest relative difference of any trial's objective from the first
+the ratio to the first configuration, the workers' busy fraction (sum of their busy
+seconds / (workers x sweep seconds)), the mean job seconds, the median delay from a
+trial's start to its job running on a worker, and the largest relative difference of any trial's objective from the first
 configuration's (the same trials on the same GPUs should agree to float noise).
 
 Workloads (trial lists from benchmarks/sweep_throughput.py, repeated with lr scaled to
@@ -82,7 +83,12 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
     s = res.summary
     done = [t for t in s["trials"] if t["status"] == "TERMINATED"]
     sweep_s = s.get("elapsed_s") or wall
+    busy = sum(w.get("busy_s", 0.0) for w in s["workers"].values())
+    overheads = sorted(t["metrics"]["job_start_overhead_s"] for t in done
+                       if isinstance(t["metrics"].get("job_start_overhead_s"), (int, float)))
     return {"gpus": gpus, "per_gpu": per_gpu, "workers": len(s["workers"]), "trials": len(s["trials"]),
+            "busy_fraction": busy / (len(s["workers"]) * sweep_s), "job_s_mean": busy / max(1, len(done) + 1),
+            "start_overhead_median_s": overheads[len(overheads) // 2] if overheads else None,
             "done": len(done), "sweep_s": sweep_s, "wall_s": wall, "trials_per_hour": 3600.0 * len(done) / sweep_s,
             "errors": [t.get("error") for t in s["trials"] if t["status"] != "TERMINATED"][:3],
             "values": {json.dumps(t["config"], sort_keys=True, default=str): t["metrics"].get(METRIC) for t in done}}
@@ -91,12 +97,13 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
 def render(rows: list[dict]) -> str:
     """Returns the table of the configurations, ratios against the first."""
     first = rows[0]
-    lines = ["gpus  per_gpu  workers  done  sweep_s  wall_s  trials/h  ratio  max_rel_diff_vs_first"]
+    lines = ["gpus  per_gpu  workers  done  sweep_s  wall_s  trials/h  ratio  busy  job_s  start_s  max_rel_diff_vs_first"]
     for r in rows:
         common = [k for k in r["values"] if k in first["values"] and first["values"][k]]
         diff = max((abs(r["values"][k] - first["values"][k]) / abs(first["values"][k]) for k in common), default=None)
         lines.append(f"{r['gpus']:>4}  {r['per_gpu']:>7}  {r['workers']:>7}  {r['done']:>4}  {r['sweep_s']:>7.1f}  "
                      f"{r['wall_s']:>6.1f}  {r['trials_per_hour']:>8.0f}  {r['trials_per_hour'] / first['trials_per_hour']:>5.2f}  "
+                     f"{r['busy_fraction']:>4.0%}  {r['job_s_mean']:>5.1f}  {r['start_overhead_median_s'] or 0:>7.2f}  "
                      f"{'-' if diff is None else f'{diff:.2e}'}")
     return "\n".join(lines)
 
