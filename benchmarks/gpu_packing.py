@@ -60,8 +60,10 @@ def trials_for(workload: str, n: int, deploy_check: str = "off") -> tuple[dict, 
     return wl, complete_trials(wl)
 
 
-def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: Path) -> dict:
-    """Runs the trials on `gpus` GPUs with `per_gpu` workers each; returns the record."""
+def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: Path,
+               keep: int | None = None) -> dict:
+    """Runs the trials on `gpus` GPUs with `per_gpu` workers each (Tune keeping `keep`
+    checkpoints per trial, None: all); returns the record."""
     import ray
 
     from sweeper.experiment import Experiment
@@ -72,7 +74,7 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
     exp = Experiment(name=f"pack_{wl['name']}_{gpus}g{per_gpu}w", model=wl["model"], recipe=wl["recipe"],
                      task=WikiText2PPL(**wl["task"]), search_space=trial_space(trials), fixed=dict(wl["fixed"]),
                      trials=trials, device="cuda", workers=gpus * per_gpu, workers_per_device=per_gpu, num_samples=0,
-                     scheduler="fifo", max_failures=0, seed=0, wandb_project="sweeper-bench")
+                     scheduler="fifo", max_failures=0, seed=0, wandb_project="sweeper-bench", checkpoints_to_keep=keep)
     t0 = time.time()
     start_local_ray("cuda", sweeper_trial=True)
     try:
@@ -86,7 +88,7 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
     busy = sum(w.get("busy_s", 0.0) for w in s["workers"].values())
     overheads = sorted(t["metrics"]["job_start_overhead_s"] for t in done
                        if isinstance(t["metrics"].get("job_start_overhead_s"), (int, float)))
-    return {"gpus": gpus, "per_gpu": per_gpu, "workers": len(s["workers"]), "trials": len(s["trials"]),
+    return {"gpus": gpus, "per_gpu": per_gpu, "keep": keep, "workers": len(s["workers"]), "trials": len(s["trials"]),
             "busy_fraction": busy / (len(s["workers"]) * sweep_s), "job_s_mean": busy / max(1, len(done) + 1),
             "start_overhead_median_s": overheads[len(overheads) // 2] if overheads else None,
             "done": len(done), "sweep_s": sweep_s, "wall_s": wall, "trials_per_hour": 3600.0 * len(done) / sweep_s,
@@ -114,6 +116,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workload", choices=("qat", "eval"), default="qat")
     ap.add_argument("--gpus", default="1", help="comma list of GPU counts, e.g. 1,2")
     ap.add_argument("--per-gpu", default="1,2,4", help="comma list of workers per GPU, e.g. 1,2,4,8")
+    ap.add_argument("--configs", help="explicit GPUSxPER_GPU list instead of the grid, e.g. 1x1,2x1,1x4,2x4")
+    ap.add_argument("--keep-checkpoints", type=int, help="Experiment.checkpoints_to_keep (default: all)")
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--deploy-check", default="off", choices=("off", "last_report", "every_report"))
     ap.add_argument("--out", help="write the records and the table as JSON here")
@@ -123,18 +127,22 @@ def main(argv=None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="gpu-packing-"))
     rows = []
     try:
-        for g in (int(x) for x in args.gpus.split(",")):
-            for n in (int(x) for x in args.per_gpu.split(",")):
-                print(f"[bench] {args.workload}: {len(trials)} trials on {g} GPU(s) x {n} worker(s)", flush=True)
-                rows.append(run_config(wl, trials, g, n, scratch))
-                print(f"[bench]   {rows[-1]['done']} done in {rows[-1]['sweep_s']:.1f}s "
-                      f"({rows[-1]['trials_per_hour']:.0f} trials/h) {rows[-1]['errors'] or ''}", flush=True)
+        if args.configs:
+            grid = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+        else:
+            grid = [(int(g), int(n)) for g in args.gpus.split(",") for n in args.per_gpu.split(",")]
+        for g, n in grid:
+            print(f"[bench] {args.workload}: {len(trials)} trials on {g} GPU(s) x {n} worker(s)", flush=True)
+            rows.append(run_config(wl, trials, g, n, scratch, args.keep_checkpoints))
+            print(f"[bench]   {rows[-1]['done']} done in {rows[-1]['sweep_s']:.1f}s "
+                  f"({rows[-1]['trials_per_hour']:.0f} trials/h) {rows[-1]['errors'] or ''}", flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     table = render(rows)
     import torch
 
-    head = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, workload {args.workload}, {len(trials)} trials"
+    head = (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, workload {args.workload}, {len(trials)} trials, "
+            f"checkpoints kept per trial: {args.keep_checkpoints or 'all'}")
     print(f"\n{head}\n{table}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"head": head, "rows": rows, "table": table}, indent=1, default=str))

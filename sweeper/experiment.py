@@ -68,6 +68,11 @@ class Experiment:
     # job ends. `sweeper rerun` sets it to the original's count, so a trial the scheduler
     # stopped early is rerun up to the same point, not to its last epoch.
     stop_after_reports: int | None = None
+    # Checkpoints (a report's artifacts: encodings, graphs) Tune keeps per trial while the
+    # sweep runs. None: all, and each trial's latest alone is kept once the sweep ends. A
+    # number makes Tune delete older ones as it goes, which forces a snapshot of the whole
+    # experiment state on the driver at every report: a bottleneck with short trials.
+    checkpoints_to_keep: int | None = None
 
     @property
     def max_reports(self) -> int:
@@ -201,6 +206,8 @@ class Experiment:
         check_int(w, "num_samples", self.num_samples, 0 if self.trials else 1, 100_000)
         if self.stop_after_reports is not None:
             check_int(w, "stop_after_reports", self.stop_after_reports, 1, 1 << 30)
+        if self.checkpoints_to_keep is not None:
+            check_int(w, "checkpoints_to_keep", self.checkpoints_to_keep, 1, 1 << 30)
         # torch's exporter writes opset 18; converting GPT-2/OPT graphs down fails or yields an
         # invalid Split (onnx 1.23), so lower opsets are refused here rather than at export.
         check_int(w, "onnx_opset", self.onnx_opset, 18, 30)

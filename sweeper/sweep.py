@@ -392,8 +392,9 @@ def make_tuner(sweep: Sweep, resume: bool, verbose: int, callbacks: list, retry_
     stop = {"training_iteration": exp.stop_after_reports} if exp.stop_after_reports else None
     run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose, stop=stop,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                                # each report carries the encodings; only the latest matters
-                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+                                # each report carries the encodings; only the latest matters,
+                                # and prune_checkpoints keeps only it once the sweep ends
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=exp.checkpoints_to_keep))
     if resume and tune.Tuner.can_restore(store.uri):
         print(f"[sweeper] resuming {store.uri}", flush=True)
         # the same space again: Tune re-creates its sample_from resolvers only from a space
@@ -472,6 +473,8 @@ def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | 
     exp, store, run_dir = sweep.exp, sweep.store, sweep.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     best = _export_best(summary, grid, run_dir, store.where)
+    if exp.checkpoints_to_keep is None:
+        prune_checkpoints(run_dir)
     summary["results"] = store.uri
     summary["pareto_size"] = size_front(summary)
     summary["reports"] = device_reports(summary)
@@ -495,6 +498,19 @@ def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | 
     print(f"[sweeper] summary written to {store.where(stored)}{also} (table: summary.txt beside it)", flush=True)
     print(f"[sweeper] results: {store.uri}", flush=True)
     return SweepResult(summary, run_dir, out, table, summary["workers"], storage=store.uri)
+
+
+def prune_checkpoints(run_dir: Path) -> int:
+    """Deletes every checkpoint folder of the sweep's trials (run_dir/<trial>/checkpoint_N)
+    but each trial's latest; returns how many were deleted."""
+    deleted = 0
+    for trial_dir in (d for d in run_dir.iterdir() if d.is_dir() and (d / "params.json").is_file()):
+        points = sorted((c for c in trial_dir.glob("checkpoint_*") if c.is_dir() and c.name[11:].isdigit()),
+                        key=lambda c: int(c.name[11:]))
+        for old in points[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+            deleted += 1
+    return deleted
 
 
 def write_records(summary: dict, run_dir: Path) -> None:
