@@ -392,8 +392,7 @@ def make_tuner(sweep: Sweep, resume: bool, verbose: int, callbacks: list, retry_
     stop = {"training_iteration": exp.stop_after_reports} if exp.stop_after_reports else None
     run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose, stop=stop,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
-                                # each report carries the encodings; only the latest matters,
-                                # and prune_checkpoints keeps only it once the sweep ends
+                                # each report carries the encodings; only the latest matters
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=exp.checkpoints_to_keep))
     if resume and tune.Tuner.can_restore(store.uri):
         print(f"[sweeper] resuming {store.uri}", flush=True)

@@ -86,6 +86,6 @@ def test_four_trials_on_two_workers_asha_frees_workers(ray_local, ref_model_dir,
     assert [i["alt"] for i in page.images] == ["engine metric per epoch"]
     assert all(i["complete"] and i["width"] > 100 for i in page.images) and page.console_errors == []
     assert "Failed trials (0)" in page.text
-    # every report checkpointed its encodings; each trial keeps its latest once the sweep ends
+    # every report checkpointed its encodings; each trial keeps only its latest
     trial_dirs = [d for d in res.results_dir.iterdir() if (d / "params.json").is_file()]
     assert len(trial_dirs) == 4 and all(len(list(d.glob("checkpoint_*"))) == 1 for d in trial_dirs)
