@@ -74,6 +74,18 @@ class Experiment:
     # slower (24 trials: 98.8 s against 74.0 s with 1), though 1 makes Tune snapshot the
     # experiment state at every report (docs/benchmarks.md).
     checkpoints_to_keep: int | None = 1
+    # What the user asks beyond the sweep's metric (sweeper/objectives.py): several
+    # objectives, ("metric", "min"|"max") pairs or "metric:min" strings, the first one the
+    # pick's ([]: the sweep's metric alone); constraints a trial must meet to be feasible,
+    # e.g. "wikitext2_ppl <= 1.01 * fp32" or "latency_ms < 50".
+    objectives: list = field(default_factory=list)
+    constraints: list = field(default_factory=list)
+    # Exit policy, whichever comes first: "first_feasible" (the first trial meeting every
+    # constraint), time_budget_s seconds of sweep, max_trials ended trials. Running jobs are
+    # cancelled, finished results kept; the summary says why the sweep stopped.
+    stop: str | None = None
+    time_budget_s: float | None = None
+    max_trials: int | None = None
 
     @property
     def max_reports(self) -> int:
@@ -177,6 +189,26 @@ class Experiment:
         """Returns (metric name, "min" | "max")."""
         return self.metric or self.task.metric, self.mode or self.task.mode
 
+    def goals(self) -> tuple[list, list]:
+        """Returns (objectives, constraints) parsed (objectives.Objective, .Constraint); the
+        objectives default to the sweep's own (metric, mode)."""
+        from .objectives import Objective, parse_constraint, parse_objective
+
+        objectives = [parse_objective(o) for o in self.objectives] or [Objective(*self.objective)]
+        return objectives, [parse_constraint(c) for c in self.constraints]
+
+    def known_metrics(self) -> set[str] | None:
+        """Returns the metric keys this sweep's trials report (the task's for the model's
+        format, plus the recipe's own), or None when the task does not say."""
+        from .registry import RECIPES
+
+        reported = getattr(self.task, "reported_metrics", None)
+        if reported is None:
+            return None
+        keys = set(reported(self.model_format))
+        extra = getattr(RECIPES.get(self.recipe).config_cls, "reported_metrics", None) if self.recipe else None
+        return keys | set(extra(keys)) if callable(extra) else keys
+
     def validate(self) -> "Experiment":
         """Checks every field; returns self or raises ConfigError (one line)."""
         from .registry import RECIPES, TASKS, ensure_builtin_registered, import_plugin
@@ -227,6 +259,7 @@ class Experiment:
         check_choice(w, "mode", mode, ("min", "max"))
         if metric != self.task.metric:
             raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
+        validate_goals(self)
         job_keys = ("device", "model", "recipe", *self.trial_task_fields())
         space = {k: v for k, v in self.search_space.items() if k not in job_keys}
         validate_space(entry.config_cls, space, self.fixed)
@@ -267,6 +300,25 @@ def validate_job_keys(exp: Experiment) -> list:
             if t not in tasks:
                 tasks.append(t)
     return tasks
+
+
+def validate_goals(self: Experiment) -> None:
+    """Checks objectives, constraints and the exit policy; raises ConfigError (one line)."""
+    from .objectives import check_against
+
+    for name in ("objectives", "constraints"):
+        if not isinstance(getattr(self, name), (list, tuple)):
+            raise ConfigError("experiment", name, getattr(self, name), "a list")
+    objectives, constraints = self.goals()
+    check_against(objectives, constraints, self.known_metrics())
+    if self.stop is not None:
+        check_choice("experiment", "stop", self.stop, ("first_feasible",))
+        if not constraints:
+            raise ConfigError("experiment", "stop", self.stop, "constraints to be feasible against (none given)")
+    if self.time_budget_s is not None:
+        check_float("experiment", "time_budget_s", self.time_budget_s, 0, 365 * 86400, lo_open=True)
+    if self.max_trials is not None:
+        check_int("experiment", "max_trials", self.max_trials, 1, 1 << 30)
 
 
 def validate_devices(self: Experiment) -> None:

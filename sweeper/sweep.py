@@ -135,8 +135,12 @@ def prepare_reference_model(model: str, store) -> dict:
     if name not in zoo_names():
         return {}
     shared = store.shared
-    if not shared and (os.environ.get("RAY_ADDRESS") or is_complete(entry_path(name))):
-        return {}  # on a cluster each node's workers build it (their logs say how far)
+    if not shared and is_complete(entry_path(name)):
+        return {}
+    if not shared and os.environ.get("RAY_ADDRESS"):  # on a cluster each node's workers build it
+        print(f"[sweeper] reference model {name}: built by the workers of each node that lacks it (minutes on a "
+              f"CPU; progress in their logs{', logs/<worker>.log' if is_quiet() else ''})", flush=True)
+        return {}
     progress = ThrottledLines(prefix="[sweeper] ", path=log_file("driver.log"), every_s=60.0 if is_quiet() else 0.0)
     t0 = time.monotonic()
     if shared:
@@ -312,8 +316,12 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
 
             verbose = 0
             callbacks = [*callbacks, ProgressView(expected_trials(exp), *exp.objective)]
-        grid = make_tuner(sweep, resume, verbose, list(callbacks), retry_errored).fit()
+        from .exit_policy import exit_policy_for
+
+        policy = exit_policy_for(exp, baseline)
+        grid = make_tuner(sweep, resume, verbose, list(callbacks), retry_errored, policy).fit()
         summary = summarize(sweep, grid, baseline)
+        add_goals(exp, summary, policy)
         return write_results(sweep, summary, grid, summary_path)
 
 
@@ -377,19 +385,29 @@ def measure_baseline(sweep: Sweep, resume: bool) -> dict:
     return baseline
 
 
-def make_tuner(sweep: Sweep, resume: bool, verbose: int, callbacks: list, retry_errored: bool = False):
-    """Returns the Tuner of the sweep's trials (restored from storage on a resume)."""
+def make_tuner(sweep: Sweep, resume: bool, verbose: int, callbacks: list, retry_errored: bool = False,
+               policy=None):
+    """Returns the Tuner of the sweep's trials (restored from storage on a resume), ended
+    early by `policy` (an exit_policy.ExitPolicy) when given."""
     import ray
     from ray import tune
 
     exp, store = sweep.exp, sweep.store
     trainable = tune.with_resources(tune.with_parameters(trial_main, plan=sweep.plan),
                                     trial_resources(ray.cluster_resources()))
-    callbacks = [_cancel_callback(sweep.plan.namespace), *callbacks]
+    cancel = _cancel_callback(sweep.plan.namespace)
+    callbacks = [cancel, *callbacks]
     wb = wandb_callback(exp.wandb_project, sweep.run_dir, group=exp.name)
     if wb is not None:
         callbacks.append(wb)
     stop = {"training_iteration": exp.stop_after_reports} if exp.stop_after_reports else None
+    if policy is not None:
+        from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
+
+        # first: it counts ended trials and, at the end, tells the others of those it stopped
+        policy.tell = [cancel] + ([wb] if wb is not None else [])
+        callbacks.insert(0, policy)
+        stop = policy if stop is None else CombinedStopper(MaximumIterationStopper(exp.stop_after_reports), policy)
     run_config = tune.RunConfig(name=exp.name, storage_path=store.root, callbacks=callbacks, verbose=verbose, stop=stop,
                                 failure_config=tune.FailureConfig(max_failures=exp.max_failures),
                                 # each report carries the encodings; only the latest matters
@@ -463,6 +481,28 @@ def summarize(sweep: Sweep, grid, baseline: dict) -> dict:
     if health["stranded"]:
         print(f"[sweeper] {health['stranded']} worker(s) stranded at the end of the sweep", flush=True)
     return summary
+
+
+def add_goals(exp: Experiment, summary: dict, policy=None) -> None:
+    """Adds to the summary the objectives and constraints, each trial's feasibility, the
+    feasible trials' Pareto front over the objectives, the pick (the best feasible trial on
+    the first objective) and why the sweep stopped."""
+    from .objectives import feasibility, feasible_front, pick
+
+    objectives, constraints = exp.goals()
+    summary["objectives"] = [{"metric": o.metric, "mode": o.mode} for o in objectives]
+    summary["constraints"] = [c.text for c in constraints]
+    ok = feasibility(summary["trials"], summary["baseline"], constraints)
+    for t, f in zip(summary["trials"], ok):
+        t["feasible"] = f
+    summary["feasible_front"] = feasible_front(summary["trials"], objectives, ok)
+    summary["pick"] = pick(summary["trials"], objectives, ok)
+    summary["stopped_because"] = policy.reason if policy is not None and policy.reason else "every trial ended"
+    if constraints or len(objectives) > 1 or policy is not None:
+        found = f"pick {summary['pick']}" if summary["pick"] else "no feasible trial"
+        print(f"[sweeper] {sum(ok)}/{len(ok)} trials feasible ({'; '.join(summary['constraints']) or 'no constraints'}); "
+              f"{found}; feasible front {summary['feasible_front']}; stopped because {summary['stopped_because']}",
+              flush=True)
 
 
 def write_results(sweep: Sweep, summary: dict, grid, summary_path: str | Path | None) -> SweepResult:

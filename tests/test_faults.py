@@ -113,3 +113,34 @@ def test_out_of_memory_halves_the_batch_then_fails_alone(ray_local, ref_model_di
     bad = by_fit[0]
     assert bad["status"] == "ERROR" and "out of memory" in bad["error"] and "after 2 batch-size halving(s)" in bad["error"]
     assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 2
+
+
+def test_first_feasible_trial_ends_the_sweep_and_keeps_what_finished(ray_local, ref_model_dir, tmp_path):
+    """stop="first_feasible", one worker so the order is fixed: the two NaN trials are
+    infeasible (and finish as ERROR); the third (the model as it is: FP32's perplexity) is
+    feasible at its first report, so the sweep ends there, its job cancelled mid-way,
+    the five trials after it never started; the finished results are kept and the
+    summary says why."""
+    exp = Experiment(name="firstfeasible", model="gpt2-ref", recipe="planted_nan", task=EVAL, plugins=(PLUGIN,),
+                     search_space={"nan_at_epoch": tune.grid_search([1, 1, -1, -1, -1, -1, -1, -1])},
+                     fixed={"epochs": 3, "epoch_seconds": 0.5}, constraints=["wikitext2_ppl <= 1.0 * fp32"],
+                     stop="first_feasible", workers=1, num_samples=1, scheduler="fifo", max_failures=0,
+                     wandb_project="sweeper-tests")
+    res = run_experiment(exp, results_dir=tmp_path, verbose=0)
+    s = res.summary
+    assert s["stopped_because"].startswith(f"first_feasible: trial {s['pick']} met every constraint"), s["stopped_because"]
+    assert [t["status"] for t in s["trials"]] == ["TERMINATED", "ERROR", "ERROR"]
+    assert all("is nan at epoch 1" in t["error"] for t in s["trials"][1:])  # finished before the stop, kept
+    (feasible,) = [t for t in s["trials"] if t["feasible"]]
+    assert feasible["trial_id"] == s["pick"] and s["feasible_front"] == [s["pick"]]
+    assert feasible["metrics"]["epoch"] == 1  # stopped at its first report, not its third
+    assert s["pool"]["stranded"] == 0 and s["pool"]["free"] == 1
+    assert "stopped because first_feasible" in res.table
+    assert len(_offline_runs_of(res.results_dir)) == 3  # W&B runs of the stopped trial closed too
+
+
+def _offline_runs_of(run_dir: Path) -> list:
+    from sweeper.reports.wandb_offline import read_offline_run
+
+    runs = [read_offline_run(d) for d in sorted((run_dir / "wandb").rglob("offline-run-*")) if d.is_dir()]
+    return [r for r in runs if not r["config"].get("sweeper_leaderboard")]

@@ -127,6 +127,14 @@ class AimetQATConfig:
     warmup_frac: float = 0.0
     attention_mask_value: float | None = None
 
+    @staticmethod
+    def reported_metrics(task_metrics: set[str]) -> set[str]:
+        """Returns what a trial reports besides the task's `task_metrics`: the epoch, the
+        training loss and, for causal LMs, the deployed graph's metrics (deploy_*)."""
+        deployed = task_metrics | {"model_size_mb", "eval_seconds", "tokens_per_s", "latency_ms"}
+        return {"epoch", "train_loss", "sim_deploy_gap_pct", "deploy_qdq_nodes", "deploy_export_max_abs_logit_diff",
+                *(f"deploy_{k}" for k in deployed)}
+
     def __post_init__(self):
         check_choice(WHERE, "quant_scheme", self.quant_scheme, tuple(QUANT_SCHEMES))
         check_float(WHERE, "percentile", self.percentile, 50, 100)

@@ -141,6 +141,9 @@ def sweep_section(summary: dict, run_dir: Path | None, folder: Path) -> str:
         facts["best trial"] = summary["best_trial"]
     if summary.get("results"):
         facts["results"] = summary["results"]
+    if summary.get("constraints"):
+        facts["constraints"] = "; ".join(summary["constraints"])
+        facts["pick"] = summary.get("pick") or "no feasible trial"
     if summary.get("stopped_because"):
         facts["stopped because"] = summary["stopped_because"]
     parts.append(definition_list(facts))

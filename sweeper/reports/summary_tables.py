@@ -119,16 +119,28 @@ def summary_rows(summary: dict) -> tuple[str, list[dict], list[str], str]:
             row["Δ vs fp32 %"] = 100.0 * (v - base) / base if base else None  # a 0 baseline (MCC) has no ratio
         if t["status"] == "ERROR":
             row["error"] = t.get("error", "")[:80]
+        if "feasible" in t:
+            row["feasible"] = "yes" if t["feasible"] else "no"
+            row["pick"] = "*" if t["trial_id"] == summary.get("pick") else ""
         rows.append(row)
     if sized:
         cols = ["trial", "status"] + keys + ["size MB", metric, "Δ vs fp32", "Δ vs fp32 %", "front"]
     else:
         cols = ["trial", "status", metric, "Δ vs fp32 %", "epoch"] + keys
+    goals = bool(summary.get("constraints")) or len(summary.get("objectives") or []) > 1
+    if goals:
+        cols[2:2] = ["feasible", "pick"]
     if any("error" in r for r in rows):
         cols.append("error")
     settings = summary.get("eval_settings", {})
     caption = ", ".join(f"{k}={v}" for k, v in settings.items() if k in ("dataset", "split", "context_length", "stride", "max_tokens", "dtype"))
     legend = "* = on the quality-vs-size Pareto front; size MB = graph plus external data, 2**20 bytes" if sized else ""
+    if goals:
+        legend += ("\n" if legend else "") + (
+            f"feasible: meets {'; '.join(summary.get('constraints') or []) or 'no constraint'}; pick (*): the best "
+            f"feasible trial on {(summary.get('objectives') or [{}])[0].get('metric', metric)}; feasible front over "
+            f"{', '.join(o['metric'] + ' ' + o['mode'] for o in summary.get('objectives') or [])}: "
+            f"{', '.join(summary.get('feasible_front') or []) or 'none'}; stopped because {summary.get('stopped_because')}")
     return f"{summary['experiment']}: {metric} ({summary['mode']}) on {caption}", rows, cols, legend
 
 

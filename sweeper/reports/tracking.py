@@ -34,8 +34,11 @@ def wandb_callback(project: str, results_dir: Path, group: str):
         os.environ["WANDB_MODE"] = "offline"
     wandb_dir = results_dir / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
+    # upload_timeout: how long the sweep's end waits for trials' logging actors to finish
+    # (Ray's default, 1800 s, is a half-hour hang when the exit policy stops trials that
+    # never get their end signal; offline runs are written locally in seconds)
     return WandbLoggerCallback(project=project, group=group, mode=mode, dir=str(wandb_dir),
-                               excludes=["eval_settings", "artifacts"], log_config=False)
+                               excludes=["eval_settings", "artifacts"], log_config=False, upload_timeout=120)
 
 
 def format_cell(v) -> str:

@@ -261,6 +261,14 @@ class WikiText2PPL:
     metric = "wikitext2_ppl"
     mode = "min"
 
+    def reported_metrics(self, model_format: str) -> set[str]:
+        """Returns the metric keys an evaluation reports for a model of `model_format`
+        ("torch", "onnx", ...): the ONNX evaluation adds the graph's size and speed."""
+        keys = {"wikitext2_ppl", "wikitext2_nll", "wikitext2_scored_tokens"}
+        if model_format == "onnx":
+            keys |= {"model_size_mb", "eval_seconds", "tokens_per_s", "latency_ms"}
+        return keys
+
     def __post_init__(self):
         where = "task wikitext2_ppl"
         check_choice(where, "dataset", self.dataset, ("wikitext-2-raw-v1", "wikitext-2-v1"))
