@@ -10,6 +10,7 @@ from sweeper.errors import ConfigError
 from sweeper.experiment import Experiment
 from sweeper.objectives import Objective, feasibility, feasible_front, parse_constraint, parse_objective, pick
 from sweeper.tasks import WikiText2PPL
+from tests.test_leaderboard import sweeps  # noqa: F401 - the fixture
 from tests.test_pareto import brute_force
 
 
@@ -94,3 +95,24 @@ def test_goals_on_what_an_onnx_sweep_reports(opt_small_dir):
                time_budget_s=600, max_trials=20).validate()
     objectives, constraints = exp.goals()
     assert [o.metric for o in objectives] == ["model_size_mb", "wikitext2_ppl"] and len(constraints) == 2
+
+
+def test_leaderboard_shows_feasibility_and_the_pick(sweeps):  # noqa: F811
+    import json
+
+    from sweeper.reports import leaderboard as lb
+
+    _, path = sweeps["qat"]
+    s = json.loads(path.read_text())
+    for t in s["trials"]:
+        t["feasible"] = t["status"] == "TERMINATED" and t["metrics"]["wikitext2_ppl"] <= 42.0
+    s["pick"] = next(t["trial_id"] for t in s["trials"] if t["feasible"])
+    path.write_text(json.dumps(s))
+    board = lb.build_board(lb.load_source(str(path)))
+    cols = board.columns
+    assert cols.index("feasible") + 1 == cols.index("pick") == cols.index("trial_id") - 1
+    by_id = {r["trial_id"]: r for r in board.rows}
+    assert [tid for tid, r in by_id.items() if r["pick"]] == [s["pick"]]
+    assert all(r["feasible"] == next(t["feasible"] for t in s["trials"] if t["trial_id"] == tid) for tid, r in by_id.items())
+    text = lb.format_board(board, "table")
+    assert "feasible" in text and "yes" in text and "no" in text and "✓" in text

@@ -434,6 +434,8 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
             else:
                 row["trial_id"], row["status"] = t["trial_id"], t["status"]
                 row["error"] = _strip_type(t.get("error", ""))[:200] if t["status"] == "ERROR" else None
+                if "feasible" in t:  # a sweep with constraints (objectives.py)
+                    row["feasible"], row["pick"] = bool(t["feasible"]), t["trial_id"] == r.get("pick")
             if group_by:
                 row["group"] = row.get(group_by)
             rows.append(row)
@@ -475,7 +477,7 @@ def build_board(records: list[dict], *, metric: str | None = None, mode: str | N
         columns += [m] + ([f"± {m}"] if repeated else []) + [f"Δ {m}", f"Δ% {m}"]
     columns += (["tied_best"] if repeated else []) + [col for col, _ in fronts]
     columns += [f"{col}_tied" for col, _ in fronts] if repeated else []
-    columns += ["trial_id", "status"]
+    columns += (["feasible", "pick"] if any("feasible" in r for r in out) else []) + ["trial_id", "status"]
     if any(r["error"] for r in out):
         columns.append("error")
     return Board(out, columns, metric, mode, settings, mixed, group_by, fronts, repeated)
@@ -490,8 +492,10 @@ def _cell(v, fmt: str, col: str = "") -> str:
     if v is None:
         return "" if fmt != "table" else "-"
     if isinstance(v, bool):
-        if col.startswith("pareto_") and fmt in ("table", "md", "html"):
+        if (col.startswith("pareto_") or col == "pick") and fmt in ("table", "md", "html"):
             return "✓" if v else ""
+        if col == "feasible" and fmt in ("table", "md", "html"):
+            return "yes" if v else "no"
         return str(v).lower() if fmt == "csv" else str(v)
     if isinstance(v, float):
         if fmt == "csv":
