@@ -33,19 +33,53 @@ def batch_of(config_cls, kwargs: dict) -> int | None:
     return None
 
 
-def halve_batches(parts: list[tuple[type, dict]]) -> list[dict] | None:
-    """Returns each (config class, kwargs) pair's kwargs with its batch size halved (those
-    without one unchanged), or None when no batch can be halved any more (all are 1 or
-    absent)."""
-    out, halved = [], False
-    for cls, kwargs in parts:
-        b = batch_of(cls, kwargs) if cls is not None else None
-        if isinstance(b, int) and b > 1:
-            out.append({**kwargs, BATCH_FIELD: b // 2})
-            halved = True
-        else:
-            out.append(dict(kwargs))
-    return out if halved else None
+class BatchBackoff:
+    """The batch sizes one job runs with: its recipe config's ("batch_size") and its task
+    config's ("eval_batch_size"), each (config class, kwargs), halved after every
+    out-of-memory error, at most OOM_RETRIES times. `retries` counts the halvings."""
+
+    def __init__(self, recipe_cls, recipe_kwargs: dict, task_cls, task_kwargs: dict):
+        self.parts = {"batch_size": (recipe_cls, dict(recipe_kwargs)), "eval_batch_size": (task_cls, dict(task_kwargs))}
+        self.retries = 0
+
+    def kwargs(self, name: str) -> dict:
+        """Returns the config kwargs of part `name` ("batch_size" or "eval_batch_size") as they are now."""
+        return self.parts[name][1]
+
+    def sizes(self) -> dict[str, int]:
+        """Returns {part name: its batch size now} for the parts that have one."""
+        out = {}
+        for name, (cls, kw) in self.parts.items():
+            b = batch_of(cls, kw) if cls is not None else None
+            if b is not None:
+                out[name] = b
+        return out
+
+    def record(self) -> dict:
+        """Returns what a report carries after a back-off ({} before any): oom_retries and
+        the oom_<part> batch sizes the job now runs with."""
+        if not self.retries:
+            return {}
+        return {"oom_retries": self.retries, **{f"oom_{k}": v for k, v in self.sizes().items()}}
+
+    def back_off(self, exc: BaseException, device) -> str:
+        """Halves every integer batch above 1 after the out-of-memory error `exc` and returns
+        the log line saying so; raises RuntimeError (the job's reason) when OOM_RETRIES
+        halvings were done already or nothing is left to halve."""
+        before = self.sizes()
+        halvable = {k: v for k, v in before.items() if isinstance(v, int) and v > 1}
+        if self.retries >= OOM_RETRIES or not halvable:
+            raise RuntimeError(f"out of memory on {device} after {self.retries} batch-size halving(s) "
+                               f"(batch_size {before.get('batch_size', '-')}, eval batch_size "
+                               f"{before.get('eval_batch_size', '-')}): {str(exc).splitlines()[0][:200]}") from exc
+        for name, b in halvable.items():
+            cls, kw = self.parts[name]
+            self.parts[name] = (cls, {**kw, BATCH_FIELD: b // 2})
+        self.retries += 1
+        after = self.sizes()
+        return (f"out of memory on {device}: running the job again with "
+                + ", ".join(f"{k.replace('_', ' ')} {before[k]} -> {after[k]}" for k in before)
+                + f" (retry {self.retries}/{OOM_RETRIES})")
 
 
 def free_device_memory() -> None:

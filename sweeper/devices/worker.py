@@ -27,7 +27,7 @@ from ..errors import JobCancelled
 from ..record import package_versions
 from ..reports.console import log_file, redirect_output_to, send_warnings_to
 from .jobspec import JobSpec
-from .oom import OOM_RETRIES, batch_of, cap_gpu_memory, free_device_memory, halve_batches, is_out_of_memory
+from .oom import BatchBackoff, cap_gpu_memory, free_device_memory, is_out_of_memory
 from .liveness import Liveness
 
 ENDED = ("DONE", "ERROR", "CANCELLED")
@@ -119,7 +119,7 @@ class DeviceWorker:
         self.worker_id, self.kind, self.kind_name = worker_id, kind, kind.name
         self.torch_device = kind.torch_device
         torch.set_num_threads(max(1, kind.threads))
-        self.memory_fraction = cap_gpu_memory(kind)
+        cap_gpu_memory(kind)  # several workers per GPU: each stays within its share
         # Exported and quantized graphs live here; the folder goes with the worker process.
         self.scratch = tempfile.TemporaryDirectory(prefix=f"sweeper-{worker_id}-")
         self._lock = threading.Condition()
@@ -130,13 +130,13 @@ class DeviceWorker:
         self._liveness = liveness or Liveness()
         self._pool_name, self._namespace = pool_name, namespace
         self._job_log = Path(job_log_dir) / f"{worker_id}.jsonl" if job_log_dir else None
-        # a quiet sweep: this worker's lines and warnings go to its log file, not the console
-        self.log_path = log_file(f"{worker_id}.log")
         # read once: info() answers the pool's frequent probes, and a process's packages do not change
         self.versions = package_versions()
-        if self.log_path is not None:
-            send_warnings_to(self.log_path)
-            redirect_output_to(self.log_path)
+        # a quiet sweep: everything this worker prints, and its warnings, go to its log file
+        log_path = log_file(f"{worker_id}.log")
+        if log_path is not None:
+            send_warnings_to(log_path)
+            redirect_output_to(log_path)
         import ray
 
         with warnings.catch_warnings():  # Ray's own property trips its own deprecation warning
@@ -146,12 +146,6 @@ class DeviceWorker:
             # Ray restarted this worker after it died, maybe mid-job: the pool may still book
             # that job as running here. (Its probe finds out too; this only makes it sooner.)
             threading.Thread(target=self._tell_pool, args=("worker_restarted", os.getpid()), daemon=True).start()
-
-    def say(self, line: str) -> None:
-        """Prints a line of this worker's job: to the driver's console through Ray, or, in a
-        quiet sweep, into the worker's log file (where all of its output goes; a local sweep's
-        driver builds a missing reference model itself, with its progress on the console)."""
-        print(line, flush=True)
 
     # ---- called remotely -------------------------------------------------------------
     def info(self) -> dict:
@@ -330,7 +324,8 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
             raise JobCancelled(f"job {job.job_id} cancelled")
 
     def log(msg: str):
-        worker.say(f"[{worker.worker_id} {spec.trial_id or 'baseline'}] {msg}")
+        # to the driver's console through Ray, or in a quiet sweep to this worker's log file
+        print(f"[{worker.worker_id} {spec.trial_id or 'baseline'}] {msg}", flush=True)
 
     loaded = worker.cached(("model", spec.model, str(device)),
                            lambda: load_model(spec.model, device=str(device), trust_remote_code=spec.trust_remote_code, log=log))
@@ -347,34 +342,31 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
 
     train_text = worker.cached(("training-text",), load_training_text) if spec.recipe is not None else None
     recipe_entry = RECIPES.get(spec.recipe) if spec.recipe is not None else None
-    task_cls = TASKS.get(spec.task).config_cls
-    recipe_kwargs, task_kwargs = dict(spec.recipe_kwargs), dict(spec.task_kwargs)
-    retries = 0
+    batches = BatchBackoff(recipe_entry.config_cls if recipe_entry else None, spec.recipe_kwargs,
+                           TASKS.get(spec.task).config_cls, spec.task_kwargs)
+
+    def report(metrics: dict, artifacts: dict | None = None):
+        metrics = {**metrics, **batches.record()}  # what this attempt ran with, after a back-off
+        final.clear()
+        final.update(metrics)
+        worker.emit(job, {"type": "metrics", "metrics": metrics, "artifacts": artifacts or {}})
 
     def attempt() -> dict:
         with tempfile.TemporaryDirectory(prefix=f"job-{job.job_id}-", dir=worker.scratch.name) as workdir:
+            task = batches.parts["eval_batch_size"][0](**batches.kwargs("eval_batch_size"))
             ctx = JobContext(device=device, tokenizer=loaded.tokenizer, seed=spec.seed, report=report,
                              check_cancelled=check_cancelled, cached=worker.cached, log=log, kind=worker.kind,
-                             workdir=workdir, train_text=train_text, task=task_cls(**task_kwargs))
+                             workdir=workdir, train_text=train_text, task=task)
             check_cancelled()
             if recipe_entry is None:
                 report(ctx.evaluate(model))
                 return {"metrics": final, "info": {"model_key": loaded.content_key}}
             torch.manual_seed(spec.seed)
             # Recipes never modify the model they are given (the worker's cached base model or graph).
-            q = recipe_entry.fn(model, recipe_entry.config_cls(**recipe_kwargs), ctx)
+            q = recipe_entry.fn(model, recipe_entry.config_cls(**batches.kwargs("batch_size")), ctx)
             if not q.reported:
                 report({**ctx.evaluate(q.model), **q.metrics}, q.artifacts)
             return {"metrics": final, "info": {"model_key": loaded.content_key, **q.info}}
-
-    def report(metrics: dict, artifacts: dict | None = None):
-        if retries:  # what this attempt ran with, after out-of-memory back-off
-            metrics = {**metrics, "oom_retries": retries, **{f"oom_{name}": batch_of(cls, kw) for name, cls, kw in (
-                ("batch_size", recipe_entry.config_cls if recipe_entry else None, recipe_kwargs),
-                ("eval_batch_size", task_cls, task_kwargs)) if cls is not None and batch_of(cls, kw) is not None}}
-        final.clear()
-        final.update(metrics)
-        worker.emit(job, {"type": "metrics", "metrics": metrics, "artifacts": artifacts or {}})
 
     while True:
         try:
@@ -382,19 +374,10 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried; the rest re-raised
             if not is_out_of_memory(exc):
                 raise
-            parts = [(recipe_entry.config_cls if recipe_entry else None, recipe_kwargs), (task_cls, task_kwargs)]
-            smaller = halve_batches(parts) if retries < OOM_RETRIES else None
-            if smaller is None:
-                raise RuntimeError(f"out of memory on {device} after {retries} batch-size halving(s) "
-                                   f"(batch_size {batch_of(*parts[0]) if parts[0][0] else '-'}, eval batch_size "
-                                   f"{batch_of(*parts[1])}): {str(exc).splitlines()[0][:200]}") from exc
+            line = batches.back_off(exc, device)  # raises the job's reason when out of halvings
             del exc
             free_device_memory()
-            retries += 1
-            recipe_kwargs, task_kwargs = smaller
-            log(f"out of memory on {device}: running the job again with batch_size "
-                f"{batch_of(*parts[0]) if parts[0][0] else '-'} -> {batch_of(parts[0][0], recipe_kwargs) if parts[0][0] else '-'}, "
-                f"eval batch_size {batch_of(*parts[1])} -> {batch_of(task_cls, task_kwargs)} (retry {retries}/{OOM_RETRIES})")
+            log(line)
 
 
 def _export(worker: DeviceWorker, loaded, opset: int, log):
