@@ -25,7 +25,7 @@ from .plan import SweepPlan
 from .record import package_versions, trial_record
 from .reports.summary_schema import is_metric_key, one_line
 from .reports.summary_tables import device_reports, mark_size_front, size_front, summary_table
-from .reports.console import LOG_DIR_ENV, QUIET_ENV, QUIET_LIBRARY_ENV, is_quiet, log_file, quiet_console, route_ray_logging
+from .reports.console import LOG_DIR_ENV, QUIET_ENV, QUIET_LIBRARY_ENV, is_quiet, log_file, quiet_console, reattach_ray_logging
 from .reports.tracking import wandb_callback
 from .trial import run_baseline, trial_main
 
@@ -118,8 +118,8 @@ def init_ray(namespace: str, env: dict | None = None) -> None:
         # address="local": always a new local Ray, never one another process left running
         ray.init(address="local", num_cpus=local_cpu_count(), resources={TRIAL_RESOURCE: 10_000}, include_dashboard=False, namespace=namespace,
                  log_to_driver=loud, configure_logging=loud, logging_level="WARNING", runtime_env=runtime_env)
-    if not loud and log_file("driver.log") is not None:
-        route_ray_logging(log_file("driver.log"))  # ray.init dropped the handlers quiet_console set
+    if not loud:
+        reattach_ray_logging()  # ray.init dropped the handler quiet_console set
 
 
 def prepare_reference_model(model: str, store) -> dict:
@@ -544,8 +544,9 @@ def prune_checkpoints(run_dir: Path) -> int:
     but each trial's latest; returns how many were deleted."""
     deleted = 0
     for trial_dir in (d for d in run_dir.iterdir() if d.is_dir() and (d / "params.json").is_file()):
-        points = sorted((c for c in trial_dir.glob("checkpoint_*") if c.is_dir() and c.name[11:].isdigit()),
-                        key=lambda c: int(c.name[11:]))
+        prefix = "checkpoint_"
+        points = sorted((c for c in trial_dir.glob(prefix + "*") if c.is_dir() and c.name[len(prefix):].isdigit()),
+                        key=lambda c: int(c.name[len(prefix):]))
         for old in points[:-1]:
             shutil.rmtree(old, ignore_errors=True)
             deleted += 1
@@ -566,7 +567,7 @@ def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_d
     logs the ranked table and the plot to one sweep-level W&B run of the project. A failure
     here is printed, never raised: the summary is already on disk."""
     from .reports.leaderboard import build_board
-    from .reports.plots import plot_pareto
+    from .reports.plots import SWEEP_PARETO_PNG, plot_pareto
     from .reports.tracking import wandb_mode
     from .reports.wandb_report import log_leaderboard_run
 
@@ -574,7 +575,7 @@ def report_leaderboard(exp: Experiment, summary: dict, summary_path: Path, run_d
         board = build_board([{**summary, "source": str(summary_path)}])
         plot = None
         if board.fronts:
-            plot = summary_path.with_name(summary_path.stem + "_pareto.png")
+            plot = summary_path.with_name(SWEEP_PARETO_PNG)
             plot_pareto(board, plot)
             print(f"[sweeper] Pareto plot written to {plot}", flush=True)
         if wandb_mode() != "disabled":

@@ -5,7 +5,9 @@ driver hands them (`QUIET_ENV`, `LOG_DIR_ENV`)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -35,8 +37,6 @@ def redirect_output_to(path: Path) -> None:
     """Points this process's stdout and stderr (file descriptors 1 and 2, so C++ and native
     library output too) at `path`, appending: a quiet sweep's worker keeps everything it
     prints in its log file."""
-    import sys
-
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -50,48 +50,37 @@ def redirect_output_to(path: Path) -> None:
         os.close(fd)
 
 
-class SplitHandler:
-    """Builds the logging handler of a quiet sweep: every record at INFO and above into a
-    file, ERROR and above also on stderr."""
+class SplitHandler(logging.Handler):
+    """The logging handler of a quiet sweep: every record at INFO and above into the file
+    at `path`, ERROR and above also on stderr."""
 
-    @staticmethod
-    def make(path: Path):
-        """Returns the handler (a logging.Handler) for the file at `path`."""
-        import logging
-        import sys
+    def __init__(self, path: Path):
+        super().__init__(logging.INFO)
+        self.to_file = logging.FileHandler(path)
+        self.to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.to_console = logging.StreamHandler(sys.stderr)
+        self.to_console.setFormatter(logging.Formatter("[ray] %(levelname)s: %(message)s"))
+        self.to_console.setLevel(logging.ERROR)
 
-        class Split(logging.Handler):
-            def __init__(self):
-                super().__init__(logging.INFO)
-                self.to_file = logging.FileHandler(path)
-                self.to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-                self.to_console = logging.StreamHandler(sys.stderr)
-                self.to_console.setFormatter(logging.Formatter("[ray] %(levelname)s: %(message)s"))
-                self.to_console.setLevel(logging.ERROR)
+    def emit(self, record):
+        self.to_file.handle(record)
+        if record.levelno >= logging.ERROR:
+            self.to_console.handle(record)
 
-            def emit(self, record):
-                self.to_file.handle(record)
-                if record.levelno >= logging.ERROR:
-                    self.to_console.handle(record)
-
-            def close(self):
-                self.to_file.close()
-                super().close()
-
-        return Split()
+    def close(self):
+        self.to_file.close()
+        super().close()
 
 
 def route_ray_logging(path: Path) -> tuple:
     """Sends the `ray` logger's records (Tune's and Train's too), and those of any logger
     without a handler (Python's last-resort handler, which Ray's own start-up warnings reach
     while ray.init rebuilds its logging), to `path`, keeping only ERROR and above on stderr.
-    Call again after ray.init (which drops the `ray` logger's handlers). Returns what
-    restore_ray_logging needs to undo it."""
-    import logging
-
+    After ray.init (which drops the `ray` logger's handlers) call reattach_ray_logging.
+    Returns what restore_ray_logging needs to undo it."""
     logger = logging.getLogger("ray")
     saved = (logger.handlers[:], logger.propagate, logger.level, logging.lastResort)
-    handler = SplitHandler.make(path)
+    handler = SplitHandler(path)
     logger.handlers = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -99,10 +88,18 @@ def route_ray_logging(path: Path) -> tuple:
     return saved
 
 
+def reattach_ray_logging() -> None:
+    """Puts route_ray_logging's handler (still Python's last-resort one) back on the `ray`
+    logger, whose handlers ray.init drops; nothing when logging is not routed."""
+    handler = logging.lastResort
+    if isinstance(handler, SplitHandler):
+        logger = logging.getLogger("ray")
+        logger.handlers, logger.propagate = [handler], False
+        logger.setLevel(logging.INFO)
+
+
 def restore_ray_logging(saved: tuple) -> None:
     """Undoes route_ray_logging (closing the handlers it made)."""
-    import logging
-
     logger = logging.getLogger("ray")
     for h in {*logger.handlers, logging.lastResort}:
         if h is not None and h not in saved[0] and h is not saved[3]:

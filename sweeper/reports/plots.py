@@ -16,6 +16,7 @@ AXIS_LABELS = {
     "train_loss": "training loss (nats/token)",
 }
 TRIALS_GID, FRONT_GID = "trials", "pareto_front"
+SWEEP_PARETO_PNG = "summary_pareto.png"  # a sweep's own Pareto plot, beside its summary.json
 
 
 def axis_label(metric: str) -> str:

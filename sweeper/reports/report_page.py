@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import is_finite_number
 from .history import sweep_histories
+from .plots import SWEEP_PARETO_PNG
 from .summary_tables import summary_rows
 from .tracking import format_cell
 
@@ -164,7 +165,11 @@ def sweep_section(summary: dict, run_dir: Path | None, folder: Path) -> str:
         if extra.get("note"):
             parts.append(f"<p class=\"caption\">{html.escape(extra['note'])}</p>")
 
-    pareto, _ = pareto_image([summary], folder, name)
+    drawn = Path(run_dir) / SWEEP_PARETO_PNG if run_dir is not None else None
+    if drawn is not None and drawn.is_file():  # the sweep drew it already (sweep.report_leaderboard)
+        pareto = image(drawn, f"Pareto plot of {name}")
+    else:
+        pareto, _ = pareto_image([summary], folder, name)
     if pareto:
         parts.append("<h3>Pareto front</h3>" + pareto)
     curves = plot_curves(summary, sweep_histories(summary, run_dir), folder / f"{name}_curves.png")
