@@ -1,4 +1,4 @@
-"""`sweeper run | resume | rerun | devices | zoo | report | leaderboard` — the command line."""
+"""`sweeper run | resume | rerun | sensitivity | devices | zoo | report | leaderboard` — the command line."""
 from __future__ import annotations
 
 import argparse
@@ -124,6 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     rr.add_argument("trial_id", metavar="TRIAL_ID")
     rr.add_argument("--storage", help="where the rerun's results go (default: beside RESULTS)")
     rr.add_argument("--verbose", action="store_true", help="show Tune's table, worker lines and warnings live")
+    sens = sub.add_parser("sensitivity", help="per-layer sensitivity of an experiment's model and recipe, one job per "
+                          "layer over all workers (the experiment's `sensitivity` stage alone)")
+    sens.add_argument("experiment_file")
+    for flag, kw in (("--smoke", {"action": "store_true", "help": "the experiment's smoke version"}),
+                     ("--model", {"help": "overrides the file's model"}),
+                     ("--device", {"help": "device kind(s) of the workers (overrides the file)"}),
+                     ("--workers", {"type": int, "help": "number of device workers (default: all the cluster holds)"}),
+                     ("--workers-per-device", {"type": int, "help": "workers sharing one GPU"}),
+                     ("--storage", {"metavar": "PATH_OR_URI", "help": "results root (default ./results)"}),
+                     ("--verbose", {"action": "store_true", "help": "workers' lines and library warnings live"})):
+        sens.add_argument(flag, **kw)
     dev = sub.add_parser("devices", help="list each node's device kinds, counts and onnxruntime providers")
     dev.add_argument("--kinds", help="a YAML/JSON file of extra device kinds to list too")
     dev.add_argument("--json", action="store_true")
@@ -194,6 +205,19 @@ def _cmd_rerun(args) -> int:
     old, new = rerun(args.results_dir, args.trial_id, storage=args.storage, quiet=not args.verbose)
     print(rerun_table(old, new), flush=True)
     return 0 if new["status"] == "TERMINATED" else 1
+
+
+def _cmd_sensitivity(args) -> int:
+    from .sweep import run_sensitivity
+
+    if args.workers is not None:
+        from .config import check_int
+
+        check_int("sweeper sensitivity", "--workers", args.workers, 1, 4096)
+    exp = build_experiment(args.experiment_file, smoke=args.smoke, model=args.model, device=args.device,
+                           workers=args.workers, verbose=args.verbose, workers_per_device=args.workers_per_device)
+    run_sensitivity(exp, results_dir=args.storage, quiet=not args.verbose)
+    return 0
 
 
 def _cmd_devices(args) -> int:
@@ -303,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         return leaderboard_main(argv[1:])
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "resume": _cmd_resume, "rerun": _cmd_rerun, "devices": _cmd_devices, "zoo": _cmd_zoo,
-                "report": _cmd_report}
+                "report": _cmd_report, "sensitivity": _cmd_sensitivity}
     try:
         return handlers[args.cmd](args)
     except SweeperError as exc:

@@ -41,6 +41,9 @@ class Experiment:
     # fractional GPUs); small trials leave most of a large GPU idle otherwise.
     workers_per_device: int = 1
     num_samples: int = 4
+    # "random" (Tune's variant generator: grids and random draws) or "optuna" (TPE over
+    # every objective: multi-objective when there are several; sweeper/searchers.py)
+    searcher: str = "random"
     scheduler: str = "asha"
     grace_period: int = 1  # ASHA: reports before a trial can be stopped
     max_failures: int = 2  # retries of a trial whose worker was lost
@@ -86,6 +89,15 @@ class Experiment:
     stop: str | None = None
     time_budget_s: float | None = None
     max_trials: int | None = None
+    # A per-layer sensitivity stage before the search (sweeper/sensitivity.py): recipe fields
+    # over `fixed` quantizing one layer at a time, e.g. {"algorithm": "gptq", "bits": 2,
+    # "block_size": 32}; every trial then gets its ranking as `sensitivity_ranking`. None: no
+    # stage. sensitivity_task: what it measures (None: the sweep's task; a shorter one of
+    # the same kind saves time). sensitivity_views: "alone" (that layer quantized, the rest in
+    # float) and/or "all_but" (every layer but that one).
+    sensitivity: dict | None = None
+    sensitivity_task: Any = None
+    sensitivity_views: tuple = ("alone",)
 
     @property
     def max_reports(self) -> int:
@@ -260,12 +272,22 @@ class Experiment:
         if metric != self.task.metric:
             raise ConfigError(w, "metric", metric, f"{self.task.metric!r} (what task {type(self.task).__name__} reports)")
         validate_goals(self)
+        validate_sensitivity(self)
         job_keys = ("device", "model", "recipe", *self.trial_task_fields())
         space = {k: v for k, v in self.search_space.items() if k not in job_keys}
-        validate_space(entry.config_cls, space, self.fixed)
+        fixed = self.fixed
+        if self.sensitivity is not None:  # its ranking comes later; its length is the model's
+            from .sensitivity import RANKING_FIELD
+
+            fixed = {**fixed, RANKING_FIELD: [f"layer {i}" for i in range(1 << 12)]}
+        validate_space(entry.config_cls, space, fixed)
+        from .searchers import SEARCHERS, check_searcher
+
+        check_choice(w, "searcher", self.searcher, SEARCHERS)
+        check_searcher(self, space)
         validate_trials(entry.config_cls, [{k: v for k, v in t.items() if k not in job_keys}
                                            if isinstance(t, dict) and t.get("recipe", self.recipe) else {}
-                                           for t in self.trials], self.fixed)
+                                           for t in self.trials], fixed)
         tasks = validate_job_keys(self)
         if self.seeds > 1 and self.seed_in_recipe:  # the last repeat's seed must suit the recipe too
             entry.config_cls(**{**self.fixed, "seed": self.repeat_seeds()[-1]})
@@ -319,6 +341,44 @@ def validate_goals(self: Experiment) -> None:
         check_float("experiment", "time_budget_s", self.time_budget_s, 0, 365 * 86400, lo_open=True)
     if self.max_trials is not None:
         check_int("experiment", "max_trials", self.max_trials, 1, 1 << 30)
+
+
+def validate_sensitivity(self: Experiment) -> None:
+    """Checks the sensitivity stage's fields; raises ConfigError (one line)."""
+    from .registry import RECIPES
+    from .sensitivity import LAYER_FIELDS, RANKING_FIELD, VIEWS, LayerJob, probe_kwargs
+
+    w = "experiment"
+    if self.sensitivity is None:
+        if self.sensitivity_task is not None:
+            raise ConfigError(w, "sensitivity_task", type(self.sensitivity_task).__name__,
+                              "None without a sensitivity stage (set sensitivity={...} recipe fields)")
+        return
+    if not isinstance(self.sensitivity, dict):
+        raise ConfigError(w, "sensitivity", self.sensitivity, "a dict of recipe fields (or None: no stage)")
+    config_cls = RECIPES.get(self.recipe).config_cls
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    if not set(LAYER_FIELDS) <= names:
+        raise ConfigError(w, "sensitivity", self.sensitivity, f"a recipe with per-layer fields {', '.join(LAYER_FIELDS)} "
+                          f"(recipe {self.recipe} has none)")
+    for key in (RANKING_FIELD, "layers", "float_layers"):
+        if key in self.sensitivity or key in self.fixed or key in self.search_space:
+            raise ConfigError(w, key, "set", f"unset: the sensitivity stage sets {key} itself")
+    if not isinstance(self.sensitivity_views, (list, tuple)) or not self.sensitivity_views or \
+            any(v not in VIEWS for v in self.sensitivity_views) or len(set(self.sensitivity_views)) != len(self.sensitivity_views):
+        raise ConfigError(w, "sensitivity_views", self.sensitivity_views, f"a non-empty list of {', '.join(VIEWS)}")
+    self.sensitivity_views = tuple(self.sensitivity_views)
+    try:
+        for view in ("list", "alone", "all_but"):
+            config_cls(**LayerJob(view, "x").recipe_kwargs(probe_kwargs(self)))
+    except ConfigError as exc:
+        raise ConfigError(w, "sensitivity", self.sensitivity, f"recipe fields that quantize one layer ({exc})") from None
+    if self.sensitivity_task is not None:
+        if type(self.sensitivity_task) is not type(self.task):
+            raise ConfigError(w, "sensitivity_task", type(self.sensitivity_task).__name__,
+                              f"a {type(self.task).__name__} like the sweep's task (or None)")
+        if self.sensitivity_task.metric != self.objective[0]:
+            raise ConfigError(w, "sensitivity_task", self.sensitivity_task.metric, f"a task reporting {self.objective[0]}")
 
 
 def validate_devices(self: Experiment) -> None:

@@ -26,7 +26,7 @@ def experiment_of(record: dict):
     """Returns the validated Experiment that runs only the record's trial: its experiment
     file with the same CLI overrides, the trial's config as the one fixed trial, no samples,
     one seed, no scheduler, stopped after as many reports as the original made, named
-    <experiment>_rerun_<trial id>."""
+    <experiment>_rerun_<trial id>; no sensitivity stage when the trial's config holds its ranking."""
     from .cli import build_experiment
 
     origin = record.get("origin") or {}
@@ -43,6 +43,10 @@ def experiment_of(record: dict):
     if isinstance(reports, int) and reports > 0:  # a trial the scheduler stopped early stops there again
         exp.stop_after_reports = reports
     exp.name = f"{record['experiment']}_rerun_{record['trial_id']}"
+    from .sensitivity import RANKING_FIELD
+
+    if RANKING_FIELD in record["config"]:  # the trial holds the ranking it ran with: no stage again
+        exp.sensitivity = exp.sensitivity_task = None
     return exp.validate()
 
 

@@ -283,6 +283,9 @@ class Sweep:
     pool: object  # the DevicePool actor handle
     workers: dict
     started: float  # time.time() when the pool was up
+    # values every trial's config gets besides the experiment's space (the sensitivity
+    # stage's ranking), so its record holds what the trial ran with
+    constants: dict = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -311,6 +314,7 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
     with quiet_console(store.local_dir / LOGS_DIR, quiet):
         sweep = start_sweep(exp, store)
         baseline = measure_baseline(sweep, resume)
+        sweep, stage = sensitivity_stage(sweep)
         if quiet:
             from .reports.progress import ProgressView
 
@@ -322,7 +326,50 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
         grid = make_tuner(sweep, resume, verbose, list(callbacks), retry_errored, policy).fit()
         summary = summarize(sweep, grid, baseline)
         add_goals(exp, summary, policy)
+        if stage is not None:
+            from .sensitivity import summary_entry
+
+            summary["sensitivity"] = summary_entry(stage)
         return write_results(sweep, summary, grid, summary_path)
+
+
+def sensitivity_stage(sweep: Sweep) -> tuple[Sweep, dict | None]:
+    """Runs the experiment's sensitivity stage, if it has one; returns (the sweep, whose
+    trials' configs all get the stage's ranking as `sensitivity_ranking`, so each trial's
+    record holds the ranking it ran with; the stage's result, or None)."""
+    import dataclasses
+
+    exp = sweep.exp
+    if exp.sensitivity is None:
+        return sweep, None
+    from .sensitivity import RANKING_FIELD, log_stage_to_wandb, run_stage
+
+    stage = run_stage(sweep)
+    log_stage_to_wandb(stage, exp.wandb_project, sweep.run_dir / "sensitivity", f"{exp.name}-sensitivity")
+    return dataclasses.replace(sweep, constants={**sweep.constants, RANKING_FIELD: list(stage["ranking"])}), stage
+
+
+def run_sensitivity(exp: Experiment, *, results_dir: str | Path | None = None, quiet: bool = False) -> dict:
+    """Validates `exp` and runs only its sensitivity stage on a device pool (what `sweeper
+    sensitivity` does), into `results_dir`/NAME/sensitivity/, where a later sweep of the same
+    experiment finds and reuses it; returns the stage's result (sensitivity.run_stage)."""
+    exp.validate()
+    if exp.sensitivity is None:
+        raise ConfigError("sweeper sensitivity", "sensitivity", None, f"recipe fields to quantize one layer with, "
+                          f"e.g. Experiment(sensitivity={{'algorithm': 'rtn', 'bits': 4, 'block_size': 32}}); "
+                          f"experiment {exp.name} has no sensitivity stage")
+    from .sensitivity import TABLE_FILE, log_stage_to_wandb, run_stage
+    from .storage import open_store
+
+    store = open_store(results_dir, exp.name)
+    print(f"[sweeper] results: {store.uri}", flush=True)
+    with quiet_console(store.local_dir / LOGS_DIR, quiet):
+        sweep = start_sweep(exp, store)
+        stage = run_stage(sweep)
+        log_stage_to_wandb(stage, exp.wandb_project, sweep.run_dir / "sensitivity", f"{exp.name}-sensitivity")
+        sweep.store.publish()
+    print((sweep.run_dir / "sensitivity" / TABLE_FILE).read_text(), flush=True)
+    return stage
 
 
 def expected_trials(exp: Experiment) -> int:
@@ -427,31 +474,31 @@ def tune_config(sweep: Sweep) -> tuple[dict, object]:
     every kind compared when it runs on several, and its scheduler."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from .searchers import make_search_alg
 
     exp = sweep.exp
     metric, mode = exp.objective
     param_space, points = fixed_trial_space(exp)
+    param_space.update(sweep.constants)
     if len(sweep.workers) > 1 and "device" not in param_space and not any("device" in t for t in exp.trials):
         param_space["device"] = tune.grid_search(list(sweep.workers))  # several kinds: compare them
     param_space = repeat_space(exp, param_space)
+    # A searcher with its own objectives (optuna) takes the metric from them; Tune refuses
+    # it twice, so the scheduler then names the sweep's metric itself.
+    own = {} if exp.searcher == "random" else {"metric": metric, "mode": mode}
     if exp.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=exp.grace_period,
-                                  max_t=exp.max_reports, reduction_factor=2)
+                                  max_t=exp.max_reports, reduction_factor=2, **own)
     else:
         scheduler = FIFOScheduler()
     config = tune.TuneConfig(
-        metric=metric, mode=mode, scheduler=scheduler,
+        metric=None if own else metric, mode=None if own else mode, scheduler=scheduler,
         # each fixed trial takes the place of one sample of the space
         num_samples=exp.num_samples + len(exp.trials),
         # As many live trials as workers, so trials meet workers in the order Tune made them
-        # (ASHA's rungs depend on it). Tune ignores max_concurrent_trials for a given
-        # BasicVariantGenerator.
-        search_alg=BasicVariantGenerator(random_state=exp.seed, max_concurrent=sum(sweep.workers.values()),
-                                         points_to_evaluate=points or None,
-                                         # one random draw for all of a sample's grid variants:
-                                         # the repeats of a configuration share its values
-                                         constant_grid_search=exp.seeds > 1),
+        # (ASHA's rungs depend on it).
+        search_alg=make_search_alg(exp, param_space, points, sum(sweep.workers.values())),
         # A trial is a light relay: reusing its process saves ~3.5 s of actor start per
         # trial, time the freed worker would otherwise sit idle.
         reuse_actors=True)

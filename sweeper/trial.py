@@ -219,14 +219,44 @@ def trial_main(config: dict, plan: SweepPlan) -> None:
                 raise RuntimeError(f"job failed on {started.worker_id}: {ev['error']}")
 
 
+@dataclass
+class PoolJobOutcome:
+    """How a job run outside Tune ended: its last metrics, the final event's info, and the
+    error (None when it finished)."""
+
+    metrics: dict
+    info: dict
+    error: str | None
+    worker_id: str
+    seconds: float  # from asking for a worker to the job's end
+
+
+def run_pool_job(pool, plan: SweepPlan, kind: str, spec, timeout_s: float | None = None) -> PoolJobOutcome:
+    """Runs `spec` on a worker of `kind` (waiting for a free one) and returns its outcome;
+    a failed, lost or timed-out job is an outcome with an error, not an exception."""
+    t0 = time.monotonic()
+    timeout_s = plan.job_timeout_s if timeout_s is None else timeout_s
+    started = acquire(pool, kind, spec, plan, timeout_s)
+    metrics, info, error = {}, {}, None
+    try:
+        with JobFeed(pool, started, plan, timeout_s) as feed:
+            for ev in feed:
+                if ev["type"] == "metrics":
+                    metrics = ev["metrics"]
+                elif ev["type"] == "done":
+                    info = ev.get("info") or {}
+                elif ev["type"] == "error":
+                    error = ev["error"]
+                elif ev["type"] == "cancelled":
+                    error = "cancelled"
+    except (JobLost, JobTimedOut) as exc:
+        error = str(exc)
+    return PoolJobOutcome(metrics, info, error, started.worker_id, time.monotonic() - t0)
+
+
 def run_baseline(pool, plan: SweepPlan) -> dict:
     """Returns the FP32 model's metrics on the plan's task (one job on the pool, no recipe)."""
-    started = acquire(pool, plan.device, plan.job_spec(None), plan, plan.baseline_timeout_s)
-    metrics = {}
-    with JobFeed(pool, started, plan, plan.baseline_timeout_s) as feed:
-        for ev in feed:
-            if ev["type"] == "metrics":
-                metrics = ev["metrics"]
-            elif ev["type"] == "error":
-                raise SweeperError(f"baseline evaluation failed: {ev['error']}")
-    return metrics
+    out = run_pool_job(pool, plan, plan.device, plan.job_spec(None), plan.baseline_timeout_s)
+    if out.error:
+        raise SweeperError(f"baseline evaluation failed: {out.error}")
+    return out.metrics

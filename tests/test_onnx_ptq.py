@@ -211,3 +211,70 @@ def test_packed_graph_holds_gptqs_weights(kw, exported, ctx, torch_layer_inputs)
         checked += 1
     assert checked == len(weights) == _weight_matmuls(exported) > 0
     assert 0 < q.metrics["layer_error_vs_rtn"] < 0.9
+
+
+def _nbits_by_layer(model: OnnxModel) -> tuple[dict, list]:
+    """({layer weight name: bits} of the MatMulNBits nodes, [weights of plain float MatMuls])."""
+    g = onnx.load(str(model.path)).graph
+    inits = {i.name for i in g.initializer}
+    nbits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in g.node if n.op_type == "MatMulNBits"}
+    return nbits, [n.input[1] for n in g.node if n.op_type == "MatMul" and n.input[1] in inits]
+
+
+def test_layers_are_named_after_their_modules(exported):
+    from sweeper.recipes.onnx_weight_only import weight_layers
+
+    layers = list(weight_layers(onnx.load(str(exported.path)).graph))
+    assert len(layers) == len(set(layers)) == _weight_matmuls(exported) == 12
+    for i in range(2):
+        for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"):
+            assert f"model.decoder.layers.{i}.{part}" in layers
+
+
+def test_per_layer_widths_in_the_packed_graph(exported, ctx, fp32_ppl):
+    """The artefact: which nodes are MatMulNBits at which width, which stay float, and sizes."""
+    from sweeper.recipes.onnx_weight_only import weight_layers
+
+    layers = list(weight_layers(onnx.load(str(exported.path)).graph))
+    ranking = layers[::-1]  # any order: the recipe must follow it, not the graph's
+
+    def run(**kw):
+        q = quantize_onnx(exported, OnnxPTQConfig("rtn", 2, 32, sensitivity_ranking=ranking, **kw), ctx)
+        return q, *_nbits_by_layer(q.model)
+
+    uniform, nb_u, float_u = run()
+    assert sorted(nb_u.values()) == [2] * 12 and float_u == []
+    mixed, nb_m, float_m = run(protected_layers=3, protected_bits=8)
+    eight = [n for n, b in nb_m.items() if b == 8]
+    assert len(eight) == 3 and sorted(nb_m.values()) == [2] * 9 + [8] * 3 and float_m == []
+    names = weight_layers(onnx.load(str(exported.path)).graph)
+    assert set(eight) == {names[layer].name + "_q8b32" for layer in ranking[:3]}  # the ranking's first three
+    kept, nb_f, float_f = run(protected_layers=2)  # protected in float
+    assert len(nb_f) == 10 and sorted(float_f) == sorted(names[layer].input[1] for layer in ranking[:2])
+    alone, nb_a, float_a = run(layers=[layers[4]])
+    assert len(nb_a) == 1 and len(float_a) == 11
+    but, nb_b, float_b = run(float_layers=[layers[4]])
+    assert len(nb_b) == 11 and float_b == [names[layers[4]].input[1]]
+    assert mixed.metrics["float_layers"] == 0 and kept.metrics["float_layers"] == 2 and alone.metrics["float_layers"] == 11
+    sizes = [m.model.size_mb() for m in (uniform, mixed, kept, but, alone)]
+    assert sizes[0] < sizes[1] < sizes[2] and sizes[0] < sizes[3] < sizes[4] < exported.size_mb()
+    # one layer alone at 2 bits moves perplexity less than all of them
+    ppl = {k: onnx_wikitext2_perplexity(m.model, EVAL, ctx)["wikitext2_ppl"] for k, m in (("all", uniform), ("alone", alone))}
+    assert abs(ppl["alone"] - fp32_ppl) < abs(ppl["all"] - fp32_ppl)
+
+
+@pytest.mark.parametrize("kw,word", [
+    ({"algorithm": "hqq", "bits": 4, "block_size": 32, "layers": ["x"]}, "algorithm rtn or gptq into MatMulNBits"),
+    ({"algorithm": "rtn", "bits": 4, "block_size": 32, "protected_layers": 2}, "give the experiment a sensitivity stage"),
+    ({"algorithm": "rtn", "bits": 4, "block_size": 32, "sensitivity_ranking": ["a"], "protected_layers": 1,
+      "protected_bits": 4}, "more than the trial's 4 bits"),
+    ({"algorithm": "rtn", "bits": 4, "block_size": 32, "layers": "model.decoder.layers.0.fc1"}, "a list of layer names"),
+])
+def test_bad_layer_choices_are_refused(kw, word):
+    with pytest.raises(ConfigError, match=word):
+        OnnxPTQConfig(**kw)
+
+
+def test_unknown_layer_is_named(exported, ctx):
+    with pytest.raises(ConfigError, match="layers='model.decoder.layers.9.fc1'.*model.decoder.layers.0.self_attn.q_proj"):
+        quantize_onnx(exported, OnnxPTQConfig("rtn", 4, 32, layers=["model.decoder.layers.9.fc1"]), ctx)

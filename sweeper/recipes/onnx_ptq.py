@@ -63,6 +63,12 @@ class OnnxPTQConfig:
     matmul_const_b_only: QDQ quantizes only MatMuls with a constant weight (attention
     score products stay in float, as transformer INT8 recipes do).
     accuracy_level: MatMulNBits compute type (None: onnxruntime's default).
+    layers: quantize only these layers (module names, as `sweeper sensitivity` lists them,
+    e.g. "model.decoder.layers.0.fc1"; None: every weight MatMul). float_layers: layers
+    kept in float. sensitivity_ranking: layers, most sensitive first (the sweep's
+    sensitivity stage fills it); protected_layers: how many of its first layers are kept at
+    protected_bits (None: in float) while the rest use `bits`: mixed precision, searchable.
+    These four are for RTN and GPTQ into MatMulNBits (per-layer widths in one graph).
     """
 
     algorithm: str = "int8_qdq"
@@ -78,6 +84,11 @@ class OnnxPTQConfig:
     matmul_const_b_only: bool = True
     accuracy_level: int | None = None
     seed: int = 0
+    layers: tuple | None = None
+    float_layers: tuple = ()
+    sensitivity_ranking: tuple = ()
+    protected_layers: int = 0
+    protected_bits: int | None = None
 
     model_format = "onnx"  # recipes of this config take and return OnnxModel
 
@@ -101,7 +112,58 @@ class OnnxPTQConfig:
         if self.accuracy_level is not None:
             check_choice(WHERE, "accuracy_level", self.accuracy_level, (0, 1, 2, 3, 4))
         check_int(WHERE, "seed", self.seed, 0, 2**31 - 1)
+        for name in ("layers", "float_layers", "sensitivity_ranking"):
+            self._check_names(name)
+        check_int(WHERE, "protected_layers", self.protected_layers, 0, 1 << 20)
+        if self.protected_bits is not None:
+            check_choice(WHERE, "protected_bits", self.protected_bits, BITS)
         self._check_combination()
+        self._check_layer_choice()
+
+    def _check_names(self, name: str) -> None:
+        value = getattr(self, name)
+        if value is None and name == "layers":
+            return
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(WHERE, name, value, "a list of layer names (module names such as 'model.decoder.layers.0.fc1')")
+        object.__setattr__(self, name, tuple(value))  # Tune and JSON hand lists; frozen configs hold tuples
+
+    def _check_layer_choice(self) -> None:
+        chosen = self.layers is not None or self.float_layers or self.protected_layers or self.protected_bits is not None
+        if not chosen:
+            return
+        if self.algorithm not in ("rtn", "gptq") or self.resolved_format != "matmulnbits":
+            raise ConfigError(WHERE, "layers", f"algorithm={self.algorithm} weight_format={self.resolved_format}",
+                              "per-layer choices (layers, float_layers, protected_layers, protected_bits) with "
+                              "algorithm rtn or gptq into MatMulNBits")
+        if self.protected_layers > len(self.sensitivity_ranking):
+            raise ConfigError(WHERE, "protected_layers", self.protected_layers,
+                              f"at most the {len(self.sensitivity_ranking)} layers of sensitivity_ranking"
+                              + ("" if self.sensitivity_ranking else
+                                 " (none: give the experiment a sensitivity stage, Experiment(sensitivity=...))"))
+        if self.protected_bits is not None and self.protected_bits <= self.resolved_bits:
+            raise ConfigError(WHERE, "protected_bits", self.protected_bits,
+                              f"more than the trial's {self.resolved_bits} bits, or None (float)")
+
+    def layer_bits(self, layers: list[str]) -> dict[str, int]:
+        """Returns {layer: weight bits} of the `layers` (module names, all of the graph's) to
+        quantize: `layers` (or all) less float_layers, the protected ones at protected_bits
+        (left out when in float). Raises ConfigError naming a layer the graph lacks."""
+        known = set(layers)
+        for field_name in ("layers", "float_layers", "sensitivity_ranking"):
+            unknown = [n for n in (getattr(self, field_name) or ()) if n not in known]
+            if unknown:
+                raise ConfigError(WHERE, field_name, unknown[0], "a layer of the model: " + ", ".join(layers[:6])
+                                  + (f", ... ({len(layers)} in all)" if len(layers) > 6 else ""))
+        chosen = [n for n in layers if (self.layers is None or n in self.layers) and n not in self.float_layers]
+        protected = set(self.sensitivity_ranking[:self.protected_layers])
+        out = {}
+        for n in chosen:
+            if n not in protected:
+                out[n] = self.resolved_bits
+            elif self.protected_bits is not None:
+                out[n] = self.protected_bits
+        return out
 
     def _check_combination(self) -> None:
         combo = f"algorithm={self.algorithm} bits={self.bits} block_size={self.block_size}"
@@ -161,7 +223,16 @@ class OnnxPTQConfig:
             return "INT8 QDQ"
         if self.resolved_format == "qdq":
             return f"QDQ + {self.algorithm.upper()} {self.resolved_bits}-bit"
-        return f"MatMulNBits {self.algorithm.upper()} {self.resolved_bits}-bit, block {self.block_size}"
+        label = f"MatMulNBits {self.algorithm.upper()} {self.resolved_bits}-bit, block {self.block_size}"
+        if self.layers is not None:
+            label += f", only {len(self.layers)} layer(s)" if len(self.layers) != 1 else f", only {self.layers[0]}"
+        if self.float_layers:
+            label += f", {len(self.float_layers)} layer(s) in float" if len(self.float_layers) != 1 else \
+                f", {self.float_layers[0]} in float"
+        if self.protected_layers:
+            label += f", {self.protected_layers} most sensitive at {self.protected_bits or 'float'}" \
+                     f"{'-bit' if self.protected_bits else ''}"
+        return label
 
 
 class _TokenReader:
@@ -258,15 +329,17 @@ def _own_weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks, ctx) -
     from . import onnx_weight_only as wo
 
     proto = onnx.load(str(src))
+    layers = wo.weight_layers(proto.graph)
+    by_layer = config.layer_bits(list(layers))
+    bits_of = {layers[n].input[1]: b for n, b in by_layer.items()}
     hessians = None
-    if config.algorithm == "gptq":
-        inputs = sorted({n.input[0] for n in wo.weight_matmuls(proto.graph)})
-        hessians = wo.layer_input_hessians(src, inputs, blocks, Path(ctx.workdir))
+    if config.algorithm == "gptq" and bits_of:
+        hessians = _gptq_hessians(src, proto, [layers[n].input[0] for n in by_layer], blocks, ctx)
         ctx.check_cancelled()
     qdq = config.resolved_format == "qdq"
     result = wo.quantize_weights(proto, config.algorithm, config.resolved_bits, -1 if qdq else config.block_size,
                                  config.resolved_symmetric, hessians=hessians, act_order=config.act_order,
-                                 damp_percent=config.damp_percent, log=ctx.log)
+                                 damp_percent=config.damp_percent, bits_of=bits_of, log=ctx.log)
     ctx.check_cancelled()
     if qdq:
         # calibrate activations on the quantized weights, then put GPTQ's own codes in
@@ -281,7 +354,7 @@ def _own_weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks, ctx) -
     checked = wo.verify_packed(proto, result)
     save_onnx(proto, dst)
     errors = result.layer_error
-    info = {"weights_verified": checked}
+    info = {"weights_verified": checked, "layers": list(layers), "layer_bits": by_layer}
     if errors:
         ratio = [e["gptq"] / e["rtn"] for e in errors.values() if e["rtn"] > 0]
         info["layer_error"] = errors
@@ -289,6 +362,26 @@ def _own_weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks, ctx) -
         ctx.log(f"gptq: layer output error {info['layer_error_vs_rtn_mean']:.3f}x RTN's on average "
                 f"over {len(ratio)} weights; {checked} packed weights verified")
     return info
+
+
+# Hessians of every MatMul input stay on the worker across jobs when they fit in this
+# (OPT reference models: tens of MB); a sensitivity stage's one-layer jobs then skip the
+# calibration pass. Larger models compute what each job needs, every time.
+HESSIAN_CACHE_BYTES = 1 << 30
+
+
+def _gptq_hessians(src: Path, proto, needed: list[str], blocks, ctx) -> dict:
+    """Returns {MatMul input name: Hessian} for at least the `needed` inputs, from the
+    worker's cache when the graph's Hessians all fit HESSIAN_CACHE_BYTES."""
+    import hashlib
+
+    from . import onnx_weight_only as wo
+
+    every = sorted({n.input[0] for n in wo.weight_matmuls(proto.graph)})
+    if wo.hessian_bytes(proto.graph, every) > HESSIAN_CACHE_BYTES:
+        return wo.layer_input_hessians(src, sorted(set(needed)), blocks, Path(ctx.workdir))
+    key = ("gptq-hessians", str(src), hashlib.sha256(blocks.tobytes()).hexdigest()[:16], blocks.shape)
+    return ctx.cached(key, lambda: wo.layer_input_hessians(src, every, blocks, Path(ctx.workdir)))
 
 
 def quantize_onnx(model, config: OnnxPTQConfig, ctx) -> Quantized:
@@ -331,8 +424,11 @@ def quantize_onnx(model, config: OnnxPTQConfig, ctx) -> Quantized:
             f"MatMulNBits {ops.get('MatMulNBits', 0)}, QuantizeLinear {ops.get('QuantizeLinear', 0)}, "
             f"DequantizeLinear {ops.get('DequantizeLinear', 0)}, MatMul {ops.get('MatMul', 0)}")
     measured = {"layer_error_vs_rtn": extra["layer_error_vs_rtn_mean"]} if "layer_error_vs_rtn_mean" in extra else {}
+    if "layer_bits" in extra:
+        measured["float_layers"] = len(extra["layers"]) - len(extra["layer_bits"])
     return Quantized(result, artifacts={"quantization.json": json.dumps(info, indent=2).encode()},
-                     info={"quantize_seconds": round(seconds, 2)}, metrics=measured)
+                     info={"quantize_seconds": round(seconds, 2), **({"layers": extra["layers"]} if "layers" in extra else {})},
+                     metrics=measured)
 
 
 RECIPES.register("onnx_ptq", quantize_onnx)(OnnxPTQConfig)

@@ -45,6 +45,45 @@ def weight_matmuls(graph) -> list:
             and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT]
 
 
+def layer_name(node) -> str:
+    """Returns the name of the module a MatMul node was exported from (torch.onnx's name
+    scopes, else its weight's parameter name; e.g. "model.decoder.layers.0.fc1", without the
+    export wrapper's "lm."), else the node's own name (a graph made elsewhere)."""
+    import ast
+
+    scopes = next((m.value for m in node.metadata_props if m.key == "pkg.torch.onnx.name_scopes"), None)
+    try:
+        scopes = ast.literal_eval(scopes) if scopes else []
+    except (ValueError, SyntaxError):
+        scopes = []
+    module = scopes[-2] if len(scopes) >= 2 and scopes[-2] else ""
+    if not module and node.input[1].endswith(".weight"):  # nodes the exporter rewrote keep the parameter's name
+        module = node.input[1][:-len(".weight")]
+    if module.startswith("lm."):
+        module = module[3:]
+    return module or node.name
+
+
+def weight_layers(graph) -> dict[str, object]:
+    """Returns {layer name: MatMul node} for `weight_matmuls(graph)` in graph order; a name
+    that two nodes share gets "#2", "#3" ... on the later ones."""
+    out: dict[str, object] = {}
+    for node in weight_matmuls(graph):
+        name, i = layer_name(node), 1
+        while name in out:
+            i += 1
+            name = f"{layer_name(node)}#{i}"
+        out[name] = node
+    return out
+
+
+def hessian_bytes(graph, input_names) -> int:
+    """Returns the bytes that float64 Hessians of the named MatMul inputs take (K x K each)."""
+    inits = {i.name: i for i in graph.initializer}
+    k = {n.input[0]: inits[n.input[1]].dims[0] for n in weight_matmuls(graph)}
+    return sum(8 * k[name] ** 2 for name in set(input_names))
+
+
 def layer_input_hessians(model_path: Path, input_names: list[str], blocks: np.ndarray, workdir: Path,
                          batch_size: int = 8) -> dict[str, np.ndarray]:
     """Returns {tensor name: H float64 [K, K]} with H = 2 X^T X / tokens over every token
@@ -81,25 +120,28 @@ def relative_output_error(W: np.ndarray, Q: np.ndarray, H: np.ndarray) -> float:
 
 def quantize_weights(proto, algorithm: str, bits: int, group_size: int, symmetric: bool, *,
                      hessians: dict[str, np.ndarray] | None = None, act_order: bool = False,
-                     damp_percent: float = 0.01, log=lambda msg: None) -> WeightOnlyResult:
+                     damp_percent: float = 0.01, bits_of: dict[str, int] | None = None,
+                     log=lambda msg: None) -> WeightOnlyResult:
     """Returns the codes of every weight of `weight_matmuls(proto.graph)` under "rtn" or
     "gptq" (which needs `hessians` keyed by the MatMul's input name); group_size -1 means
-    per output channel. The graph is not changed."""
+    per output channel. `bits_of` ({weight initializer name: bits}) quantizes only the
+    weights it names, each at its own width (None: all at `bits`). The graph is not changed."""
     from onnx import numpy_helper
 
     t0 = time.perf_counter()
     inits = {i.name: i for i in proto.graph.initializer}
-    nodes = weight_matmuls(proto.graph)
+    nodes = [n for n in weight_matmuls(proto.graph) if bits_of is None or n.input[1] in bits_of]
     result = WeightOnlyResult()
     for i, node in enumerate(nodes):
         weight = node.input[1]
         if weight in result.weights:
             continue
+        width = bits if bits_of is None else bits_of[weight]
         W = numpy_helper.to_array(inits[weight]).astype(np.float64)
-        base = rtn(W, bits, group_size, symmetric)
+        base = rtn(W, width, group_size, symmetric)
         if algorithm == "gptq":
             H = hessians[node.input[0]]
-            q = gptq(W, H, bits, group_size, symmetric, percdamp=damp_percent, act_order=act_order)
+            q = gptq(W, H, width, group_size, symmetric, percdamp=damp_percent, act_order=act_order)
             result.layer_error[weight] = {"rtn": relative_output_error(W, base.dequantize(), H),
                                           "gptq": relative_output_error(W, q.dequantize(), H)}
         else:

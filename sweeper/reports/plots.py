@@ -107,3 +107,30 @@ def _series(ax, ids: dict) -> dict:
             xy = [(float(x), float(y)) for x, y in zip(artist.get_xdata(), artist.get_ydata())]
         out[gid] = {"x": [p[0] for p in xy], "y": [p[1] for p in xy], "trials": ids[gid]}
     return out
+
+
+def plot_sensitivity(rows: list[dict], metric: str, path: str | Path) -> Path:
+    """Draws the per-layer sensitivity bar plot (rows as sensitivity.layer_rows returns
+    them, most harmful first): one horizontal bar per layer, its harm vs FP32 in percent
+    (in the metric's unit where FP32 is 0). Writes the PNG at `path`; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    percent = all(_finite(r.get("harm %")) for r in rows)
+    values = [r["harm %"] if percent else r["harm"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.22 * len(rows) + 1.2)))
+    ax.barh(range(len(rows)), values, color=["tab:red" if v > 0 else "tab:blue" for v in values], gid="sensitivity")
+    ax.set_yticks(range(len(rows)), [r["layer"] for r in rows], fontsize=7)
+    ax.invert_yaxis()  # most harmful at the top
+    ax.axvline(0, color="black", linewidth=0.8)
+    unit = "%" if percent else axis_label(metric)
+    ax.set_xlabel(f"{axis_label(metric)}: change vs FP32 with only this layer quantized ({unit})")
+    ax.set_title("Per-layer sensitivity, most harmful first")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

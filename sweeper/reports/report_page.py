@@ -165,6 +165,17 @@ def sweep_section(summary: dict, run_dir: Path | None, folder: Path) -> str:
         if extra.get("note"):
             parts.append(f"<p class=\"caption\">{html.escape(extra['note'])}</p>")
 
+    stage = summary.get("sensitivity")
+    if stage:
+        parts.append("<h3>Per-layer sensitivity</h3><p class=\"caption\">"
+                     + escape(f"{stage['metric']} with one layer at a time quantized by {stage['probe']}; FP32 "
+                              f"{stage['fp32']}; {stage['jobs']} jobs on {stage['workers']} worker(s) in "
+                              f"{stage['seconds']:.0f} s; harm: how much worse than FP32") + "</p>")
+        parts.append(html_table(stage["rows"], stage["columns"], table_class="sensitivity"))
+        plot = Path(run_dir) / stage["plot"] if run_dir is not None and stage.get("plot") else None
+        if plot is not None and plot.is_file():
+            parts.append(image(plot, f"{name} per-layer sensitivity"))
+
     drawn = Path(run_dir) / SWEEP_PARETO_PNG if run_dir is not None else None
     if drawn is not None and drawn.is_file():  # the sweep drew it already (sweep.report_leaderboard)
         pareto = image(drawn, f"Pareto plot of {name}")

@@ -93,6 +93,12 @@ def configuration_table(summary: dict) -> str:
     return f"per configuration ({len(configs)}), best mean first:\n" + format_table(rows, cols) + "\n" + legend
 
 
+def config_cell(value):
+    """Returns a config value as a table shows it: a list of more than 3 items (a layer
+    ranking) as "[N items]", anything else as it is."""
+    return f"[{len(value)} items]" if isinstance(value, (list, tuple)) and len(value) > 3 else value
+
+
 def summary_rows(summary: dict) -> tuple[str, list[dict], list[str], str]:
     """Returns (caption, rows, columns, legend) of the trial table: the FP32 baseline row,
     then one row per trial (sorted as the summary is: by the objective) with Δ vs the FP32
@@ -111,7 +117,7 @@ def summary_rows(summary: dict) -> tuple[str, list[dict], list[str], str]:
     for t in summary["trials"]:
         v = t["metrics"].get(metric)
         base = baseline_of(t, summary, per_task).get(metric)
-        row = {"trial": t["trial_id"], "status": t["status"], metric: v, **t["config"],
+        row = {"trial": t["trial_id"], "status": t["status"], metric: v, **{k: config_cell(c) for k, c in t["config"].items()},
                "epoch": t["metrics"].get("epoch", ""), "size MB": t["metrics"].get("model_size_mb", ""),
                "front": "*" if t["trial_id"] in front else ""}
         if _finite(v) and _finite(base):

@@ -81,10 +81,11 @@ def wait_until_written(run_path: Path, timeout_s: float = 30.0) -> bool:
 
 
 def log_table_run(project: str, key: str, rows: list[dict], columns: list[str], run_dir: str | Path,
-                  name: str) -> str | None:
+                  name: str, image: tuple[str, Path] | None = None) -> str | None:
     """Logs a run named `name` in `project` (job_type "table") holding one wandb.Table of
-    `rows` under `key` (e.g. the seed-shaped GLUE table). Offline unless a W&B key is
-    configured; WANDB_MODE=disabled logs nothing. Returns the run's folder, or None."""
+    `rows` under `key` (e.g. the seed-shaped GLUE table) and, with `image` (key, PNG path),
+    that picture. Offline unless a W&B key is configured; WANDB_MODE=disabled logs nothing.
+    Returns the run's folder, or None."""
     from .tracking import wandb_mode
 
     mode = wandb_mode()
@@ -98,7 +99,10 @@ def log_table_run(project: str, key: str, rows: list[dict], columns: list[str], 
     try:
         table = wandb.Table(columns=list(columns), data=[[_cell(r.get(c)) for c in columns] for r in rows],
                             allow_mixed_types=True)
-        run.log({key: table})
+        payload = {key: table}
+        if image is not None and Path(image[1]).is_file():
+            payload[image[0]] = wandb.Image(str(image[1]), caption=Path(image[1]).name)
+        run.log(payload)
         out = str(Path(run.dir).parent)
     finally:
         run.finish()
