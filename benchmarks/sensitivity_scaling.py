@@ -65,15 +65,20 @@ def main() -> int:
                "--context", str(args.context), "--one", str(workers), str(seed), "0", "--out", str(out)]
         print(f"[bench] stage with {workers} worker(s), seed {seed} ...", flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
-        results[(workers, seed)] = json.loads(out.read_text())
+        results[(workers, seed)] = r = json.loads(out.read_text())
+        print(f"[bench] {workers} worker(s), seed {seed}: stage {r['seconds']:.1f} s, first job {r['first_job_s']:.1f} s, "
+              f"layer jobs {r['layer_jobs_s']:.1f} s (busy {r['layer_jobs_busy_s']:.1f} s)", flush=True)
     base = results[(1, seeds[0])]
     print(f"\nsensitivity stage, {args.model}, {len(base['ranking'])} layers, GPTQ 2-bit b32, "
           f"{args.max_tokens} test tokens per job, one CPU thread per worker")
-    print(f"{'workers':>7}  {'seed':>4}  {'jobs':>4}  {'stage s':>8}  {'speed-up':>8}  {'/ workers':>9}  top 3")
+    print("stage s: wall clock of the whole stage; first s: its first job (model load, ONNX export: serial); "
+          "layers s: the layer jobs the pool spreads")
+    print(f"{'workers':>7}  {'seed':>4}  {'jobs':>4}  {'stage s':>8}  {'first s':>7}  {'layers s':>8}  "
+          f"{'stage x':>7}  {'layers x':>8}  {'layers x / N':>12}  top 3")
     for (workers, seed), r in results.items():
-        up = base["seconds"] / r["seconds"]
-        print(f"{workers:>7}  {seed:>4}  {r['jobs']:>4}  {r['seconds']:>8.1f}  {up:>8.2f}  {up / workers:>9.2f}  "
-              + ", ".join(r["ranking"][:3]))
+        up, lup = base["seconds"] / r["seconds"], base["layer_jobs_s"] / r["layer_jobs_s"]
+        print(f"{workers:>7}  {seed:>4}  {r['jobs']:>4}  {r['seconds']:>8.1f}  {r['first_job_s']:>7.1f}  "
+              f"{r['layer_jobs_s']:>8.1f}  {up:>7.2f}  {lup:>8.2f}  {lup / workers:>12.2f}  " + ", ".join(r["ranking"][:3]))
     print()
     for workers in counts:
         print(f"rank correlation, seed {seeds[0]}, 1 vs {workers} workers: "

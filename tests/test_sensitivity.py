@@ -105,7 +105,7 @@ def test_stage_then_mixed_precision_search(opt_small_dir, tmp_path):
     res = run_experiment(exp, results_dir=tmp_path, verbose=0)
     s, run_dir = res.summary, res.results_dir
     stage = s["sensitivity"]
-    assert len(stage["ranking"]) == 12 == len(set(stage["ranking"])) and stage["jobs"] == 26 and stage["workers"] == 2
+    assert len(stage["ranking"]) == 12 == len(set(stage["ranking"])) and stage["jobs"] == 27 and stage["workers"] == 2
     assert stage["fp32"] == pytest.approx(s["baseline"]["wikitext2_ppl"], rel=1e-12)  # same task, nothing quantized
     harms = [r["harm"] for r in stage["rows"]]
     assert harms == sorted(harms, reverse=True) and [r["layer"] for r in stage["rows"]] == stage["ranking"]

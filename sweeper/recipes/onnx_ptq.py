@@ -336,6 +336,10 @@ def _own_weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks, ctx) -
     if config.algorithm == "gptq" and bits_of:
         hessians = _gptq_hessians(src, proto, [layers[n].input[0] for n in by_layer], blocks, ctx)
         ctx.check_cancelled()
+    elif config.algorithm == "gptq" and config.layers == ():
+        # quantizes nothing: the sensitivity stage's listing job, run on every worker first;
+        # it fills the worker's Hessian cache so its one-layer jobs all cost the same
+        _gptq_hessians(src, proto, [], blocks, ctx, cache_only=True)
     qdq = config.resolved_format == "qdq"
     result = wo.quantize_weights(proto, config.algorithm, config.resolved_bits, -1 if qdq else config.block_size,
                                  config.resolved_symmetric, hessians=hessians, act_order=config.act_order,
@@ -370,16 +374,17 @@ def _own_weight_only(src: Path, dst: Path, config: OnnxPTQConfig, blocks, ctx) -
 HESSIAN_CACHE_BYTES = 1 << 30
 
 
-def _gptq_hessians(src: Path, proto, needed: list[str], blocks, ctx) -> dict:
+def _gptq_hessians(src: Path, proto, needed: list[str], blocks, ctx, cache_only: bool = False) -> dict:
     """Returns {MatMul input name: Hessian} for at least the `needed` inputs, from the
-    worker's cache when the graph's Hessians all fit HESSIAN_CACHE_BYTES."""
+    worker's cache when the graph's Hessians all fit HESSIAN_CACHE_BYTES (`cache_only`:
+    only fills that cache; returns {} when they do not fit)."""
     import hashlib
 
     from . import onnx_weight_only as wo
 
     every = sorted({n.input[0] for n in wo.weight_matmuls(proto.graph)})
     if wo.hessian_bytes(proto.graph, every) > HESSIAN_CACHE_BYTES:
-        return wo.layer_input_hessians(src, sorted(set(needed)), blocks, Path(ctx.workdir))
+        return {} if cache_only else wo.layer_input_hessians(src, sorted(set(needed)), blocks, Path(ctx.workdir))
     key = ("gptq-hessians", str(src), hashlib.sha256(blocks.tobytes()).hexdigest()[:16], blocks.shape)
     return ctx.cached(key, lambda: wo.layer_input_hessians(src, every, blocks, Path(ctx.workdir)))
 
