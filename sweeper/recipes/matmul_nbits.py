@@ -119,7 +119,9 @@ def runtime_weight(graph, node, rows_per_run: int = 1024) -> np.ndarray:
     opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(helper.make_model(one, opset_imports=opsets).SerializeToString(), options,
+    # IR 10 is what opset 21 needs; a newer onnx package would stamp an IR version the
+    # installed onnxruntime may not read yet
+    session = ort.InferenceSession(helper.make_model(one, opset_imports=opsets, ir_version=10).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     if not is_matmul:
         return session.run(None, {})[0]
