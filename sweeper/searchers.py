@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import tempfile
+from pathlib import Path
 
 from ray.tune.search import Searcher
 
@@ -104,12 +106,17 @@ class FixedFirst(Searcher):
             self.inner.on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
-        self.inner.save(checkpoint_path + ".inner")
+        # one file: Tune writes it under a temporary name and renames it
+        with tempfile.TemporaryDirectory() as tmp:
+            self.inner.save(str(Path(tmp) / "inner.pkl"))
+            inner = (Path(tmp) / "inner.pkl").read_bytes()
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"fixed": self.fixed, "own": self.own}, f)
+            pickle.dump({"fixed": self.fixed, "own": self.own, "inner": inner}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        self.inner.restore(checkpoint_path + ".inner")
         with open(checkpoint_path, "rb") as f:
             state = pickle.load(f)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "inner.pkl").write_bytes(state["inner"])
+            self.inner.restore(str(Path(tmp) / "inner.pkl"))
         self.fixed, self.own = state["fixed"], state["own"]

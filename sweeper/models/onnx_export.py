@@ -202,6 +202,20 @@ def gemm_to_matmul_add(path: Path) -> int:
     return rewritten
 
 
+def cpu_session_options():
+    """Returns onnxruntime SessionOptions for a helper session on the CPU (checks,
+    calibration passes) with as many threads as torch uses here: a device worker has set
+    that to its share of the node, where onnxruntime's default would take every core, once
+    per worker."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    return options
+
+
 def check_against_torch(onnx_model: OnnxModel, model, tokens=None, batch: int = 2, length: int = 64) -> float:
     """Returns max |onnx logits - torch logits| on a (batch, length) input of `tokens`
     (random ids when None), with onnxruntime on the CPU."""
@@ -214,7 +228,7 @@ def check_against_torch(onnx_model: OnnxModel, model, tokens=None, batch: int = 
         ids = tokens[: batch * length].view(batch, length).clone()
     else:
         ids = torch.randint(0, onnx_model.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
-    session = ort.InferenceSession(str(onnx_model.path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_model.path), cpu_session_options(), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT_NAME], {INPUT_NAME: ids.numpy().astype(np.int64)})[0]
     device = next(model.parameters()).device
     with torch.inference_mode():

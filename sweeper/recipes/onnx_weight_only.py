@@ -92,7 +92,7 @@ def layer_input_hessians(model_path: Path, input_names: list[str], blocks: np.nd
     import onnx
     import onnxruntime as ort
 
-    from ..models.onnx_export import INPUT_NAME, save_onnx
+    from ..models.onnx_export import INPUT_NAME, cpu_session_options, save_onnx
 
     proto = onnx.load(str(model_path))
     del proto.graph.output[:]
@@ -100,7 +100,7 @@ def layer_input_hessians(model_path: Path, input_names: list[str], blocks: np.nd
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     augmented = save_onnx(proto, Path(workdir) / "hessian-taps" / "model.onnx")
     del proto
-    session = ort.InferenceSession(str(augmented), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(augmented), cpu_session_options(), providers=["CPUExecutionProvider"])
     sums: dict[str, np.ndarray] = {}
     tokens = 0
     for start in range(0, len(blocks), batch_size):
