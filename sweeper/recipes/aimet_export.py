@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..devices.kinds import KINDS, get_kind
-from ..models.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxModel, max_positions_of, save_onnx
+from ..models.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxModel, cpu_session_options, max_positions_of, save_onnx
 
 DEPLOY_GRAPH_NAME = "model.onnx"
 GAP_REPORT_NAME = "deploy_gap_by_op.json"
@@ -191,7 +191,7 @@ def check_against_sim(sim_model, path, tokens) -> dict:
     out = {}
     for label, level in (("as_exported", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
                          ("as_optimized", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)):
-        options = ort.SessionOptions()
+        options = cpu_session_options()
         options.graph_optimization_level = level
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         diff = np.abs(session.run([OUTPUT_NAME], {INPUT_NAME: tokens.cpu().numpy()})[0] - want)
@@ -210,7 +210,7 @@ def runtime_op_changes(path, kind) -> dict[str, int]:
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="ort_optimized_") as tmp:
-        options = ort.SessionOptions()
+        options = cpu_session_options()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         options.log_severity_level = 3
         ort.InferenceSession(str(path), options, providers=[n for n, _ in kind.providers],
