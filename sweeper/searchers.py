@@ -82,28 +82,62 @@ def complete_point(point: dict, space: dict, seed: int) -> dict:
 
 class FixedFirst(Searcher):
     """A Tune Searcher: hands out `fixed` configs first, as they are, then `inner`'s
-    suggestions; tells `inner` only of the trials it suggested."""
+    suggestions; tells `inner` only of the trials it suggested. A suggestion equal to a
+    configuration that already finished (TPE repeats itself on small categorical spaces)
+    is not run again: `inner` is told that configuration's result and draws anew, up to
+    MAX_REDRAWS times."""
+
+    MAX_REDRAWS = 20
 
     def __init__(self, fixed: list[dict], inner):
         super().__init__(metric=inner.metric, mode=inner.mode)
-        self.fixed, self.inner, self.own = list(fixed), inner, set()
+        self.fixed, self.inner = list(fixed), inner
+        self.own: dict[str, str] = {}  # Tune trial id -> the id inner knows it by
+        self.keys: dict[str, str] = {}  # Tune trial id -> its configuration's key
+        self.finished: dict[str, dict] = {}  # configuration key -> its result
+        self.constants: dict = {}
+        self.redrawn = 0  # suggestions not run because their configuration had finished
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        from ray.tune.search import sample
+
+        self.constants = {k: v for k, v in config.items() if not isinstance(v, sample.Domain)}
         return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def key(self, config: dict) -> str:
+        """Returns the identity of a configuration: its values over the space's constants."""
+        import json
+
+        return json.dumps({**self.constants, **config}, sort_keys=True, default=str)
 
     def suggest(self, trial_id: str):
         if self.fixed:
-            return self.fixed.pop(0)
-        self.own.add(trial_id)
-        return self.inner.suggest(trial_id)
+            config = self.fixed.pop(0)
+            self.keys[trial_id] = self.key(config)
+            return config
+        config = None
+        for attempt in range(self.MAX_REDRAWS):
+            inner_id = trial_id if attempt == 0 else f"{trial_id}-redraw{attempt}"
+            config = self.inner.suggest(inner_id)
+            if not isinstance(config, dict):  # None (wait) or FINISHED
+                return config
+            key = self.key(config)
+            if key not in self.finished:
+                break
+            self.inner.on_trial_complete(inner_id, result=self.finished[key])
+            self.redrawn += 1
+        self.own[trial_id], self.keys[trial_id] = inner_id, key
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.own:
-            self.inner.on_trial_result(trial_id, result)
+            self.inner.on_trial_result(self.own[trial_id], result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error and trial_id in self.keys:
+            self.finished[self.keys[trial_id]] = result
         if trial_id in self.own:
-            self.inner.on_trial_complete(trial_id, result=result, error=error)
+            self.inner.on_trial_complete(self.own[trial_id], result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         # one file: Tune writes it under a temporary name and renames it
@@ -111,7 +145,8 @@ class FixedFirst(Searcher):
             self.inner.save(str(Path(tmp) / "inner.pkl"))
             inner = (Path(tmp) / "inner.pkl").read_bytes()
         with open(checkpoint_path, "wb") as f:
-            pickle.dump({"fixed": self.fixed, "own": self.own, "inner": inner}, f)
+            pickle.dump({"fixed": self.fixed, "own": self.own, "keys": self.keys, "finished": self.finished,
+                         "constants": self.constants, "redrawn": self.redrawn, "inner": inner}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
@@ -119,4 +154,5 @@ class FixedFirst(Searcher):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "inner.pkl").write_bytes(state["inner"])
             self.inner.restore(str(Path(tmp) / "inner.pkl"))
-        self.fixed, self.own = state["fixed"], state["own"]
+        self.fixed, self.own, self.keys, self.finished = state["fixed"], state["own"], state["keys"], state["finished"]
+        self.constants, self.redrawn = state["constants"], state["redrawn"]

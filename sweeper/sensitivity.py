@@ -249,7 +249,8 @@ def write_stage(result: dict, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
     head = (f"per-layer sensitivity: {result['recipe']} {json.dumps(result['probe'], default=str)} on one layer at a "
-            f"time, {result['metric']} ({result['mode']}); FP32 {result['fp32']}, all layers {result['all_quantized']}\n"
+            f"time, {result['metric']} ({result['mode']}); FP32 {result['fp32']}"
+            + (f", all layers quantized {result['all_quantized']}" if result["all_quantized"] is not None else "") + "\n"
             f"harm: how much worse than FP32 with that layer alone quantized ({result['metric']} units)\n")
     (folder / TABLE_FILE).write_text(head + format_table(result["rows"], result["columns"]) + "\n")
     plot_sensitivity(result["rows"], result["metric"], folder / PLOT_FILE)

@@ -140,3 +140,25 @@ def test_stage_then_mixed_precision_search(opt_small_dir, tmp_path):
     again = run_sensitivity(exp, results_dir=tmp_path)
     assert again["ranking"] == stage["ranking"] and again["seconds"] == stage["seconds"]
     ray.shutdown()
+
+
+def test_optuna_never_reruns_a_finished_configuration():
+    """TPE repeats itself on a small categorical space; a repeat of a finished configuration
+    (a fixed trial's included) is answered with its result and drawn again, not run."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeper.searchers import FixedFirst
+
+    inner = OptunaSearch(metric="m", mode="min", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=1), seed=0)
+    search = FixedFirst([{"a": 1, "b": "x", "c": 5}], inner)
+    assert search.set_search_properties(None, None, {"a": tune.choice([1, 2]), "b": tune.choice(["x", "y"]), "c": 5})
+    seen = []
+    for i in range(4):
+        config = search.suggest(f"t{i}")
+        seen.append((config["a"], config["b"]))
+        search.on_trial_complete(f"t{i}", {"m": float(config["a"]) + (config["b"] == "y")})
+    assert sorted(seen) == [(1, "x"), (1, "y"), (2, "x"), (2, "y")]  # all four, none twice
+    assert search.redrawn > 0  # TPE did suggest a finished one, and was told its result instead
+    # every configuration finished: the next draw repeats one rather than stopping the sweep
+    assert search.suggest("t9") is not None
