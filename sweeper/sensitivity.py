@@ -129,7 +129,6 @@ def run_stage(sweep, progress=None) -> dict:
     Raises SensitivityFailed when any job fails."""
     from .reports.console import is_quiet, log_file
     from .reports.progress import ThrottledLines
-    from .trial import run_pool_job
 
     # a line a minute in a log, in place on a terminal; every line where not quiet
     progress = progress or ThrottledLines(path=log_file("driver.log"), every_s=60.0 if is_quiet() else 0.0)
@@ -149,12 +148,12 @@ def run_stage(sweep, progress=None) -> dict:
     t0 = time.monotonic()
 
     def spec(job: LayerJob, i: int):
-        return plan.job_spec(job.recipe_kwargs(probe), f"sensitivity-{i}", task_kwargs=task_kwargs)
+        return plan.job_spec(job.recipe_kwargs(probe), f"sensitivity-{job.view}-{i}", task_kwargs=task_kwargs)
 
     # The listing job on every worker at once: each loads and exports the model now, side
     # by side, instead of the first layer job on each paying for it one after another.
     warm = []
-    _run_all(sweep, [(LayerJob("list"), spec(LayerJob("list"), -i)) for i in range(workers)], workers,
+    _run_all(sweep, [(LayerJob("list"), spec(LayerJob("list"), i)) for i in range(workers)], workers,
              lambda job, outcome: warm.append(outcome))
     first = next((o for o in warm if o.error), warm[0])
     if first.error:
@@ -169,7 +168,7 @@ def run_stage(sweep, progress=None) -> dict:
     jobs = ([LayerJob("all")] if "all_but" in exp.sensitivity_views else []) + \
         [LayerJob(view, layer) for view in exp.sensitivity_views for layer in layers]
     print(f"[sweeper] sensitivity: {len(layers)} layers x {len(exp.sensitivity_views)} view(s) = {len(jobs)} "
-             f"jobs on {workers} worker(s); FP32 {metric} = {first.metrics.get(metric)}", flush=True)
+          f"jobs on {workers} worker(s); FP32 {metric} = {first.metrics.get(metric)}", flush=True)
     outcomes = {LayerJob("list"): first.metrics}
     failed = []
     done, busy = 0, 0.0
