@@ -125,8 +125,10 @@ def run_stage(sweep, progress=None) -> dict:
     """Runs (or reuses, when `sweep`'s run folder holds a result of the same stage_key) the
     sensitivity stage of `sweep` (sweep.Sweep) on its pool; writes sensitivity.json, .txt
     and .png into <run>/sensitivity/ and returns the result dict: ranking, rows, columns,
-    metric, mode, fp32, all_quantized, jobs, workers, seconds (wall clock of the stage).
-    Raises SensitivityFailed when any job fails."""
+    metric, mode, fp32, all_quantized, jobs, workers, seconds (wall clock of the stage),
+    first_job_s (the listing jobs, one per worker at once), layer_jobs_s (wall clock of the
+    layer jobs) and layer_jobs_busy_s (their summed job seconds: about what one worker would
+    take). Raises SensitivityFailed when any job fails."""
     from .reports.console import is_quiet, log_file
     from .reports.progress import ThrottledLines
 
