@@ -93,9 +93,8 @@ def test_stage_then_mixed_precision_search(opt_small_dir, tmp_path):
     uniform = {"protected_layers": 0, "protected_bits": None}
     exp = _exp(
         opt_small_dir, name="sens_mixed", sensitivity={"algorithm": "rtn", "bits": 2, "block_size": 32},
-        sensitivity_views=["alone", "all_but"], workers=2, seed=0, scheduler="fifo", searcher="optuna", num_samples=3,
+        sensitivity_views=["alone", "all_but"], workers=2, seed=0, scheduler="fifo", searcher="optuna", num_samples=2,
         trials=[{"algorithm": "fp32", "bits": None, "block_size": None, **uniform},
-                {"algorithm": "rtn", "bits": 4, "block_size": 32, **uniform},
                 {"algorithm": "rtn", "bits": 2, "block_size": 32, **uniform},
                 {"algorithm": "rtn", "bits": 2, "block_size": 32, "protected_layers": 4, "protected_bits": 8}],
         search_space={"algorithm": "rtn", "bits": 2, "block_size": tune.choice([32, 64]),
@@ -111,17 +110,17 @@ def test_stage_then_mixed_precision_search(opt_small_dir, tmp_path):
     assert harms == sorted(harms, reverse=True) and [r["layer"] for r in stage["rows"]] == stage["ranking"]
     assert all("recovered" in r for r in stage["rows"])
     # every trial ran with the stage's ranking
-    assert len(s["trials"]) == 7 and all(t["status"] == "TERMINATED" for t in s["trials"])
+    assert len(s["trials"]) == 5 and all(t["status"] == "TERMINATED" for t in s["trials"])
     assert all(t["config"]["sensitivity_ranking"] == stage["ranking"] for t in s["trials"])
     by = {(t["config"]["algorithm"], t["config"]["bits"], t["config"]["block_size"], t["config"]["protected_layers"],
            t["config"]["protected_bits"]): t["metrics"] for t in s["trials"]}
     two, mixed = by[("rtn", 2, 32, 0, None)], by[("rtn", 2, 32, 4, 8)]
     # the 4 most sensitive layers at 8 bits: bigger than all at 2 bits, and better
-    assert two["model_size_mb"] < mixed["model_size_mb"] < by[("rtn", 4, 32, 0, None)]["model_size_mb"] * 1.5
+    assert two["model_size_mb"] < mixed["model_size_mb"] < by[("fp32", None, None, 0, None)]["model_size_mb"]
     assert mixed["wikitext2_ppl"] < two["wikitext2_ppl"]
     searched = [t for t in s["trials"] if t["config"]["protected_layers"] in (1, 2) or t["config"]["block_size"] == 64
                 or (t["config"]["protected_layers"] == 4 and t["config"]["protected_bits"] == 4)]
-    assert len(s["trials"]) - 4 == 3 and all(t["config"]["bits"] == 2 for t in searched)
+    assert all(t["config"]["bits"] == 2 for t in searched)
     assert "pick" in s and s["objectives"][0] == {"metric": "model_size_mb", "mode": "min"}
     # files: table, plot, JSON, W&B run; the report page has the section and the plot
     folder = run_dir / "sensitivity"
