@@ -128,7 +128,8 @@ def run_stage(sweep, progress=None) -> dict:
     metric, mode, fp32, all_quantized, jobs, workers, seconds (wall clock of the stage),
     first_job_s (the listing jobs, one per worker at once), layer_jobs_s (wall clock of the
     layer jobs) and layer_jobs_busy_s (their summed job seconds: about what one worker would
-    take). Raises SensitivityFailed when any job fails."""
+    take). A stage measured here is also logged to W&B (a reused one was already). Raises
+    SensitivityFailed when any job fails."""
     from .reports.console import is_quiet, log_file
     from .reports.progress import ThrottledLines
 
@@ -199,6 +200,7 @@ def run_stage(sweep, progress=None) -> dict:
               "first_job_s": round(first_s, 2), "layer_jobs_s": round(time.monotonic() - t_layers, 2),
               "layer_jobs_busy_s": round(busy, 2)}
     write_stage(result, folder)
+    log_stage_to_wandb(result, exp.wandb_project, folder, f"{exp.name}-sensitivity")
     sweep.store.publish()
     finish = getattr(progress, "finish", progress)
     finish(f"[sweeper] sensitivity: done in {result['seconds']:.0f}s; most sensitive: "

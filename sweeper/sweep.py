@@ -342,10 +342,9 @@ def sensitivity_stage(sweep: Sweep) -> tuple[Sweep, dict | None]:
     exp = sweep.exp
     if exp.sensitivity is None:
         return sweep, None
-    from .sensitivity import RANKING_FIELD, log_stage_to_wandb, run_stage
+    from .sensitivity import RANKING_FIELD, run_stage
 
     stage = run_stage(sweep)
-    log_stage_to_wandb(stage, exp.wandb_project, sweep.run_dir / "sensitivity", f"{exp.name}-sensitivity")
     return dataclasses.replace(sweep, constants={**sweep.constants, RANKING_FIELD: list(stage["ranking"])}), stage
 
 
@@ -358,7 +357,7 @@ def run_sensitivity(exp: Experiment, *, results_dir: str | Path | None = None, q
         raise ConfigError("sweeper sensitivity", "sensitivity", None, f"recipe fields to quantize one layer with, "
                           f"e.g. Experiment(sensitivity={{'algorithm': 'rtn', 'bits': 4, 'block_size': 32}}); "
                           f"experiment {exp.name} has no sensitivity stage")
-    from .sensitivity import TABLE_FILE, log_stage_to_wandb, run_stage
+    from .sensitivity import FOLDER, TABLE_FILE, run_stage
     from .storage import open_store
 
     store = open_store(results_dir, exp.name)
@@ -366,9 +365,7 @@ def run_sensitivity(exp: Experiment, *, results_dir: str | Path | None = None, q
     with quiet_console(store.local_dir / LOGS_DIR, quiet):
         sweep = start_sweep(exp, store)
         stage = run_stage(sweep)
-        log_stage_to_wandb(stage, exp.wandb_project, sweep.run_dir / "sensitivity", f"{exp.name}-sensitivity")
-        sweep.store.publish()
-    print((sweep.run_dir / "sensitivity" / TABLE_FILE).read_text(), flush=True)
+    print((sweep.run_dir / FOLDER / TABLE_FILE).read_text(), flush=True)
     return stage
 
 
