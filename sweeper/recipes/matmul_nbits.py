@@ -116,8 +116,10 @@ def runtime_weight(graph, node, rows_per_run: int = 1024) -> np.ndarray:
     inputs = [helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, ["rows", "K"])] if is_matmul else []
     out = helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)
     one = helper.make_graph([node], "one_node", inputs, [out], initializer=used)
+    from ..models.onnx_export import cpu_session_options
+
     opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    options = ort.SessionOptions()
+    options = cpu_session_options()  # one per packed weight, in every worker at once
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     # IR 10 is what opset 21 needs; a newer onnx package would stamp an IR version the
     # installed onnxruntime may not read yet
