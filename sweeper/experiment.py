@@ -346,7 +346,7 @@ def validate_goals(self: Experiment) -> None:
 def validate_sensitivity(self: Experiment) -> None:
     """Checks the sensitivity stage's fields; raises ConfigError (one line)."""
     from .registry import RECIPES
-    from .sensitivity import LAYER_FIELDS, RANKING_FIELD, VIEWS, LayerJob, probe_kwargs
+    from .sensitivity import LAYER_FIELDS, VIEWS, LayerJob, probe_kwargs
 
     w = "experiment"
     if self.sensitivity is None:
@@ -361,7 +361,7 @@ def validate_sensitivity(self: Experiment) -> None:
     if not set(LAYER_FIELDS) <= names:
         raise ConfigError(w, "sensitivity", self.sensitivity, f"a recipe with per-layer fields {', '.join(LAYER_FIELDS)} "
                           f"(recipe {self.recipe} has none)")
-    for key in (RANKING_FIELD, "layers", "float_layers"):
+    for key in LAYER_FIELDS:
         if key in self.sensitivity or key in self.fixed or key in self.search_space:
             raise ConfigError(w, key, "set", f"unset: the sensitivity stage sets {key} itself")
     if not isinstance(self.sensitivity_views, (list, tuple)) or not self.sensitivity_views or \

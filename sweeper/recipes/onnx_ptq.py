@@ -44,6 +44,8 @@ SUPPORTED = {
     ("gptq", 8): ("qdq", "matmulnbits"),
     ("hqq", 4): ("matmulnbits",),
 }
+# Config fields that name layers (module names of the model's weight MatMuls)
+LAYER_NAME_FIELDS = ("layers", "float_layers", "sensitivity_ranking")
 # MatMulNBits' CPU kernel reads 2, 4 and 8 bits (tests/test_matmul_nbits.py); 3 does not pack into bytes.
 BITS = (2, 4, 8)
 
@@ -112,7 +114,7 @@ class OnnxPTQConfig:
         if self.accuracy_level is not None:
             check_choice(WHERE, "accuracy_level", self.accuracy_level, (0, 1, 2, 3, 4))
         check_int(WHERE, "seed", self.seed, 0, 2**31 - 1)
-        for name in ("layers", "float_layers", "sensitivity_ranking"):
+        for name in LAYER_NAME_FIELDS:
             self._check_names(name)
         check_int(WHERE, "protected_layers", self.protected_layers, 0, 1 << 20)
         if self.protected_bits is not None:
@@ -150,7 +152,7 @@ class OnnxPTQConfig:
         quantize: `layers` (or all) less float_layers, the protected ones at protected_bits
         (left out when in float). Raises ConfigError naming a layer the graph lacks."""
         known = set(layers)
-        for field_name in ("layers", "float_layers", "sensitivity_ranking"):
+        for field_name in LAYER_NAME_FIELDS:
             unknown = [n for n in (getattr(self, field_name) or ()) if n not in known]
             if unknown:
                 raise ConfigError(WHERE, field_name, unknown[0], "a layer of the model: " + ", ".join(layers[:6])
