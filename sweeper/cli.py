@@ -10,6 +10,11 @@ from pathlib import Path
 from .errors import ConfigError, SweeperError
 
 
+
+def workers_per_device_arg(text: str):
+    """Returns --workers-per-device's value: "auto" or an int (argparse reports anything else)."""
+    return text if text == "auto" else int(text)
+
 def load_experiment_file(path: str | Path, verbose: bool = False):
     """Imports an experiment file; returns its `experiment(smoke=False)` function.
     Raises ConfigError (one line) when the file is missing or defines no experiment, and
@@ -57,7 +62,7 @@ def import_error_line(path: Path, exc: BaseException) -> str:
 def build_experiment(path: str | Path, *, smoke: bool = False, num_samples: int | None = None,
                      model: str | None = None, device: str | None = None, workers: int | None = None,
                      kinds_file: str | None = None, seeds: int | None = None, verbose: bool = False,
-                     workers_per_device: int | None = None):
+                     workers_per_device: int | str | None = None):
     """Returns the validated Experiment of an experiment file with the CLI's overrides
     applied (`verbose`: an import error keeps its traceback)."""
     from .experiment import Experiment
@@ -97,7 +102,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device kind(s) of the workers: cpu, cuda, gcu, a comma list, or 'all' (overrides the file)")
     p.add_argument("--kinds", help="a YAML/JSON file of extra device kinds (another vendor's EP, TensorRT, ...)")
     p.add_argument("--workers", type=int, help="number of device workers (default: all the cluster holds)")
-    p.add_argument("--workers-per-device", type=int, help="workers sharing one GPU (Ray fractional GPUs; default 1)")
+    p.add_argument("--workers-per-device", type=workers_per_device_arg,
+                   help="workers sharing one GPU (Ray fractional GPUs; default 1), or 'auto': measured on the first trial")
     p.add_argument("--seeds", type=int, help="run every configuration N times, each with its own seed; tables then "
                    "show mean ± std and mark ties within the noise (overrides the file)")
     p.add_argument("--verbose", action="store_true", help="show Ray Tune's trial table, workers' per-job lines and "
@@ -131,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                      ("--model", {"help": "overrides the file's model"}),
                      ("--device", {"help": "device kind(s) of the workers (overrides the file)"}),
                      ("--workers", {"type": int, "help": "number of device workers (default: all the cluster holds)"}),
-                     ("--workers-per-device", {"type": int, "help": "workers sharing one GPU"}),
+                     ("--workers-per-device", {"type": workers_per_device_arg, "help": "workers sharing one GPU, or 'auto'"}),
                      ("--storage", {"metavar": "PATH_OR_URI", "help": "results root (default ./results)"}),
                      ("--verbose", {"action": "store_true", "help": "workers' lines and library warnings live"})):
         sens.add_argument(flag, **kw)

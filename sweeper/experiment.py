@@ -15,6 +15,7 @@ from .config import check_bool, check_choice, check_float, check_int
 from .errors import ConfigError
 
 SCHEDULERS = ("asha", "fifo")
+WORKERS_PER_DEVICE_AUTO = "auto"  # chosen by measurement before the sweep (sweeper/packing.py)
 
 
 @dataclass
@@ -38,8 +39,9 @@ class Experiment:
     kinds_file: str | None = None  # a YAML/JSON file of extra device kinds
     workers: int | None = None  # None: as many as the cluster holds for the kind
     # Workers sharing one GPU (kinds that hold a GPU: each worker holds 1/N of it, as Ray
-    # fractional GPUs); small trials leave most of a large GPU idle otherwise.
-    workers_per_device: int = 1
+    # fractional GPUs); small trials leave most of a large GPU idle otherwise. "auto":
+    # measured on the first trial before the sweep (sweeper/packing.py).
+    workers_per_device: int | str = 1
     num_samples: int = 4
     # "random" (Tune's variant generator: grids and random draws) or "optuna" (TPE over
     # every objective: multi-objective when there are several; sweeper/searchers.py)
@@ -245,7 +247,9 @@ class Experiment:
         if not isinstance(self.search_space, dict):
             raise ConfigError(w, "search_space", type(self.search_space).__name__, "a dict of field -> domain")
         validate_devices(self)
-        check_int(w, "workers_per_device", self.workers_per_device, 1, 64)
+        wpd = self.workers_per_device
+        if wpd != WORKERS_PER_DEVICE_AUTO and (isinstance(wpd, bool) or not isinstance(wpd, int) or not 1 <= wpd <= 64):
+            raise ConfigError(w, "workers_per_device", wpd, "an integer in 1..64, or 'auto' (measured on the first trial)")
         if self.workers is not None:
             check_int(w, "workers", self.workers, 1, 4096)
         check_int(w, "num_samples", self.num_samples, 0 if self.trials else 1, 100_000)

@@ -49,7 +49,8 @@ def test_workers_per_device_share_a_gpu_and_only_a_gpu(opt_small_dir):
     assert quarter.name == "cuda" and shared_device(KINDS["cpu"], 4) is KINDS["cpu"]
     Experiment(name="d", model=str(opt_small_dir), recipe="onnx_precision", task=TASK, device="cuda",
                workers_per_device=4).validate()
-    for bad, device, word in ((2, "cpu", "hold no GPU"), (0, "cuda", "workers_per_device"), ("auto", "cuda", "workers_per_device")):
+    for bad, device, word in ((2, "cpu", "hold no GPU"), ("auto", "cpu", "hold no GPU"), (0, "cuda", "workers_per_device"),
+                              ("many", "cuda", "or .auto.")):
         with pytest.raises(ConfigError, match=word) as e:
             Experiment(name="d", model=str(opt_small_dir), recipe="onnx_precision", task=TASK, device=device,
                        workers_per_device=bad).validate()

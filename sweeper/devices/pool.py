@@ -66,7 +66,8 @@ class DevicePool:
     """Async Ray actor class (wrapped with ray.remote by `start_pool`)."""
 
     def __init__(self, workers_per_kind: dict[str, int], namespace: str, liveness: Liveness | None = None,
-                 kinds: dict | None = None, needs_provider: bool = False, job_log_dir: str | None = None):
+                 kinds: dict | None = None, needs_provider: bool = False, job_log_dir: str | None = None,
+                 placement_group=None):
         import ray
 
         from .kinds import get_kind
@@ -94,6 +95,11 @@ class DevicePool:
         self._freed_at: dict[str, float] = {}
         self._watchdog = None
         remote_worker = ray.remote(DeviceWorker)
+        placed = {}
+        if placement_group is not None:  # every worker in the group's first bundle (one device)
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            placed = {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=0)}
         for kind_name, count in workers_per_kind.items():
             kind = kinds.get(kind_name) or get_kind(kind_name)
             self._free[kind_name], self._waiters[kind_name] = deque(), deque()
@@ -101,7 +107,7 @@ class DevicePool:
                 wid = f"{kind_name}-{i}"
                 handle = remote_worker.options(
                     name=f"sweeper-worker-{wid}", namespace=namespace, max_concurrency=16,
-                    max_restarts=-1, **kind.actor_options(),
+                    max_restarts=-1, **kind.actor_options(), **placed,
                 ).remote(wid, kind, POOL_ACTOR_NAME, namespace, self.liveness, needs_provider, job_log_dir)
                 self._handles[wid] = handle
                 self._kind_of[wid] = kind_name
@@ -463,26 +469,40 @@ class DevicePool:
 
 
 def start_pool(workers_per_kind: dict[str, int], namespace: str, liveness: Liveness | None = None,
-               kinds: dict | None = None, needs_provider: bool = False, job_log_dir: str | None = None):
+               kinds: dict | None = None, needs_provider: bool = False, job_log_dir: str | None = None,
+               placement_group=None):
     """Starts the named pool actor and its workers (`kinds`: name -> DeviceKind for kinds not
     built in; `needs_provider`: workers refuse to start without their kind's onnxruntime
     execution provider; `job_log_dir`: each worker appends its jobs' starts and ends to
-    <worker id>.jsonl there, on its node); returns the pool handle once all workers are up,
-    or raises DeviceUnavailable with the first worker's one-line reason."""
+    <worker id>.jsonl there, on its node; `placement_group`: every worker goes into its first
+    bundle); returns the pool handle once all workers are up, or raises DeviceUnavailable
+    with the first worker's one-line reason."""
     import ray
 
     liveness = liveness or Liveness()
     pool = ray.remote(DevicePool).options(name=POOL_ACTOR_NAME, namespace=namespace, num_cpus=0,
                                           max_concurrency=1000).remote(workers_per_kind, namespace, liveness, kinds,
-                                                                        needs_provider, job_log_dir)
+                                                                        needs_provider, job_log_dir, placement_group)
     # a worker's first start imports torch and may build its kind's runtime: a few call timeouts
     infos = ray.get(pool.ready.remote(), timeout=5 * liveness.call_timeout_s)
     failed = [i["start_error"] for i in infos if i.get("start_error")]
     if failed:
         from ..errors import DeviceUnavailable
 
-        for name in ray.get(pool.worker_names.remote(), timeout=liveness.call_timeout_s):
-            ray.kill(ray.get_actor(name, namespace=namespace))
-        ray.kill(pool)
+        stop_pool(pool, namespace, liveness)
         raise DeviceUnavailable(failed[0])
     return pool
+
+
+def stop_pool(pool, namespace: str, liveness: Liveness | None = None) -> None:
+    """Kills the pool actor and its workers (no restarts): for a pool that ends before the
+    Ray session does (a failed start, workers_per_device="auto"'s trial pools)."""
+    import ray
+
+    liveness = liveness or Liveness()
+    for name in ray.get(pool.worker_names.remote(), timeout=liveness.call_timeout_s):
+        try:
+            ray.kill(ray.get_actor(name, namespace=namespace))
+        except ValueError:  # already gone
+            pass
+    ray.kill(pool)

@@ -368,9 +368,14 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
                 report({**ctx.evaluate(q.model), **q.metrics}, q.artifacts)
             return {"metrics": final, "info": {"model_key": loaded.content_key, **q.info}}
 
+    if device.type == "cuda":  # this job's peak, for workers_per_device="auto" (sweeper/packing.py)
+        torch.cuda.reset_peak_memory_stats(device)
     while True:
         try:
-            return attempt()
+            out = attempt()
+            if device.type == "cuda":
+                out["info"].update(gpu_memory_of(device))
+            return out
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried; the rest re-raised
             if not is_out_of_memory(exc):
                 raise
@@ -378,6 +383,18 @@ def run_job(spec: JobSpec, worker: DeviceWorker, job: Job) -> dict:
             del exc
             free_device_memory()
             log(line)
+
+
+def gpu_memory_of(device) -> dict:
+    """Returns this process's GPU memory on `device` in MiB: "gpu_peak_mb" (the most its
+    allocator held since the job's start: cached blocks of earlier jobs included, so what the
+    worker occupies), "gpu_used_mb" (the whole device in use now, every process and CUDA
+    context included) and "gpu_total_mb"."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    return {"gpu_peak_mb": torch.cuda.max_memory_reserved(device) / 2**20,
+            "gpu_used_mb": (total - free) / 2**20, "gpu_total_mb": total / 2**20}
 
 
 def _export(worker: DeviceWorker, loaded, opset: int, log):
