@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import is_finite_number as _finite
 from .devices.pool import POOL_ACTOR_NAME
 from .errors import ConfigError
-from .experiment import Experiment
+from .experiment import WORKERS_PER_DEVICE_AUTO as AUTO, Experiment
 from .noise import SEED_KEY, aggregate_configurations, has_repeats
 from .plan import SweepPlan
 from .record import package_versions, trial_record
@@ -241,8 +241,9 @@ def resolve_kinds(exp: Experiment) -> dict:
             n for n in KINDS if any(n in node["kinds"] for node in nodes)]
         if not names:
             raise DeviceUnavailable(f"device 'all': no node of the cluster can host any device kind; it has {cluster}")
-        return {n: shared_device(KINDS[n], exp.workers_per_device) for n in names}
-    kinds = {n: shared_device(get_kind(n), exp.workers_per_device) for n in exp.device_names}
+        return {n: shared_device(KINDS[n], 1 if exp.workers_per_device == AUTO else exp.workers_per_device) for n in names}
+    per_device = 1 if exp.workers_per_device == AUTO else exp.workers_per_device  # auto: chosen after the probe
+    kinds = {n: shared_device(get_kind(n), per_device) for n in exp.device_names}
     for name, kind in kinds.items():
         if capacity(kind, cluster) < 1:
             raise DeviceUnavailable(f"device kind '{name}' needs {kind.resources} per worker and no node of the cluster "
@@ -286,6 +287,8 @@ class Sweep:
     # values every trial's config gets besides the experiment's space (the sensitivity
     # stage's ranking), so its record holds what the trial ran with
     constants: dict = field(default_factory=dict)
+    # workers_per_device="auto": {kind name: the probe's levels and choice} (packing.PackingChoice.as_dict)
+    packing: dict = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -330,6 +333,8 @@ def run_experiment(exp: Experiment, *, results_dir: str | Path | None = None, su
             from .sensitivity import summary_entry
 
             summary["sensitivity"] = summary_entry(stage)
+        if sweep.packing:
+            summary["workers_per_device_auto"] = sweep.packing
         return write_results(sweep, summary, grid, summary_path)
 
 
@@ -394,13 +399,16 @@ def start_sweep(exp: Experiment, store) -> Sweep:
         from .devices.tf_workers import tf_kind
 
         kinds = {n: tf_kind(k) for n, k in kinds.items()}
-    workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}
     names = list(kinds)
+    plan = SweepPlan.of(exp, namespace, names[0])
+    packing = {}
+    if exp.workers_per_device == AUTO:
+        kinds, packing = pack_gpu_kinds(exp, kinds, plan, namespace)
+    workers = {name: workers_for(exp, kind) for name, kind in kinds.items()}
     print(f"[sweeper] {exp.name}: workers {', '.join(f'{n} x{c}' for n, c in workers.items())}, model {exp.model}, "
           f"recipe {exp.recipe}, task {type(exp.task).registered_name}, {exp.num_samples} sample(s) + "
           f"{len(exp.trials)} fixed trial(s){f' x {exp.seeds} seeds' if exp.seeds > 1 else ''}, objective {metric} {mode}, "
           f"job time limit {exp.job_time_limit_s:g} s", flush=True)
-    plan = SweepPlan.of(exp, namespace, names[0])
     # each worker's job log is on its own node, under this path
     pool = start_pool(workers, namespace, plan.liveness, kinds=kinds, needs_provider=exp.model_format == "onnx",
                       job_log_dir=str(store.local_dir / WORKER_JOB_LOGS))
@@ -408,7 +416,25 @@ def start_sweep(exp: Experiment, store) -> Sweep:
     (store.local_dir / "experiment.json").write_text(json.dumps(
         {"experiment": exp.name, "model": exp.model, "recipe": exp.recipe, "device": names if len(names) > 1 else names[0],
          "metric": metric, "mode": mode, "task": to_dict(exp.task), "model_format": exp.model_format}, indent=2, default=str))
-    return Sweep(exp, store, plan, pool, workers, time.time())
+    return Sweep(exp, store, plan, pool, workers, time.time(), packing=packing)
+
+
+def pack_gpu_kinds(exp: Experiment, kinds: dict, plan: SweepPlan, namespace: str) -> tuple[dict, dict]:
+    """Returns (`kinds` with each GPU kind's workers per device chosen by measurement,
+    {kind name: the probe's record}) for workers_per_device="auto" (sweeper/packing.py);
+    kinds that hold no GPU are kept as they are."""
+    from .devices.kinds import shared_device
+    from .packing import choose_workers_per_device
+
+    out, records = dict(kinds), {}
+    for name, kind in kinds.items():
+        if kind.resources.get("GPU", 0) <= 0:
+            continue
+        choice = choose_workers_per_device(exp, kind, plan, namespace)
+        print(choice.table(), flush=True)
+        out[name] = shared_device(kind, choice.workers)
+        records[name] = choice.as_dict()
+    return out, records
 
 
 def measure_baseline(sweep: Sweep, resume: bool) -> dict:
@@ -420,8 +446,10 @@ def measure_baseline(sweep: Sweep, resume: bool) -> dict:
         baseline = json.loads(baseline_file.read_text())
         print(f"[sweeper] baseline {metric} = {baseline.get(metric)} (kept from the interrupted run)", flush=True)
         return baseline
-    print("[sweeper] measuring the FP32 baseline ...", flush=True)
-    baseline = run_baseline(sweep.pool, sweep.plan)
+    everywhere = sum(sweep.workers.values()) > 1
+    print(f"[sweeper] measuring the FP32 baseline{' on every worker at once (each loads the model and data)' if everywhere else ''} ...",
+          flush=True)
+    baseline = run_baseline(sweep.pool, sweep.plan, sweep.workers)
     sweep.run_dir.mkdir(parents=True, exist_ok=True)
     baseline_file.write_text(json.dumps(baseline, indent=2, default=str))
     sweep.store.publish()
