@@ -2,17 +2,20 @@
 
 Runs one fixed list of trials with sweeper.sweep.run_experiment once per configuration
 (GPUs x workers per GPU), each on its own fresh local Ray that sees only those GPUs
-(CUDA_VISIBLE_DEVICES set before Ray starts), and prints a table: GPUs, workers per GPU,
-workers, trials done, sweep seconds (from the pool's start to the last trial's end, the
-sweep's `elapsed_s`), wall seconds (Ray start included), trials/hour on the sweep seconds,
-the ratio to the first configuration, the workers' busy fraction (sum of their busy
-seconds / (workers x sweep seconds)), the mean job seconds, the median delay from a
-trial's start to its job running on a worker, and the largest relative difference of any trial's objective from the first
+(CUDA_VISIBLE_DEVICES set before Ray starts), and prints a table: GPUs, workers per GPU
+("auto=N": the sweep's workers_per_device="auto" probe chose N), workers, trials done,
+sweep seconds (from the pool's start to the last trial's end, the sweep's `elapsed_s`),
+wall seconds (Ray start and the auto probe included), the probe's seconds, trials/hour on
+the sweep seconds, the ratio to the first configuration, the workers' busy fraction (sum
+of their busy seconds / (workers x sweep seconds)), the mean seconds of each worker's
+first job (its cold start: the FP32 baseline, which every worker runs at once) and of the
+later jobs (warm), the median delay from a trial's start to its job running on a worker,
+and the largest relative difference of any trial's objective from the first
 configuration's (the same trials on the same GPUs should agree to float noise).
 
 Workloads (trial lists from benchmarks/sweep_throughput.py, repeated with lr scaled to
 make --trials trials):
-  qat   aimet QAT on gpt2-ref: 1 epoch of 10 steps, 2 calibration batches, seq_len 128,
+  qat   aimet QAT on gpt2-ref: 1 epoch of --steps steps (10), 2 calibration batches, seq_len 128,
         batch 8, no deployed-graph check (--deploy-check last_report adds it: CPU work,
         export and onnxruntime); WikiText2PPL(max_tokens=8192).
   eval  the same trials with epochs=0 and no deploy check: calibrate the QuantSim and
@@ -21,6 +24,7 @@ make --trials trials):
 
     python benchmarks/gpu_packing.py --workload qat --gpus 1 --per-gpu 1,2,4,8
     python benchmarks/gpu_packing.py --workload qat --gpus 1,2 --per-gpu 4    # 1 -> 2 GPUs
+    python benchmarks/gpu_packing.py --workload qat --configs 1x1,1x2,1x4,1xauto
 """
 from __future__ import annotations
 
@@ -43,10 +47,11 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from sweep_throughput import METRIC, QAT_TRIALS, complete_trials, start_local_ray, trial_space  # noqa: E402
 
 
-def trials_for(workload: str, n: int, deploy_check: str = "off") -> tuple[dict, list[dict]]:
+def trials_for(workload: str, n: int, deploy_check: str = "off", steps: int = 10) -> tuple[dict, list[dict]]:
     """Returns (the workload's fixed recipe fields and task kwargs, `n` trials) for
-    "qat" or "eval" (QAT_TRIALS repeated with lr scaled by 1, 0.5, 0.25, ...)."""
-    fixed = {"epochs": 1, "steps_per_epoch": 10, "calibration_batches": 2, "seq_len": 128, "batch_size": 8,
+    "qat" or "eval" (QAT_TRIALS repeated with lr scaled by 1, 0.5, 0.25, ...); a QAT trial
+    trains `steps` steps."""
+    fixed = {"epochs": 1, "steps_per_epoch": steps, "calibration_batches": 2, "seq_len": 128, "batch_size": 8,
              "param_bw": 8, "input_quantization": True, "clamp_value": 30.0, "weight_decay": 0.0,
              "deploy_check": deploy_check}
     if workload == "eval":
@@ -60,10 +65,28 @@ def trials_for(workload: str, n: int, deploy_check: str = "off") -> tuple[dict, 
     return wl, complete_trials(wl)
 
 
-def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: Path,
+def job_seconds(job_logs: Path) -> tuple[list[float], list[float]]:
+    """Returns (each worker's first job's seconds, every later job's seconds) from the
+    workers' job logs (<run>/worker_jobs/<worker>.jsonl): the cold starts and the warm jobs."""
+    cold, warm = [], []
+    for f in sorted(job_logs.glob("*.jsonl")):
+        starts, spans = {}, []
+        for line in f.read_text().splitlines():
+            ev = json.loads(line)
+            if ev["event"] == "START":
+                starts[ev["job_id"]] = ev["time"]
+            elif ev["job_id"] in starts:
+                spans.append((starts[ev["job_id"]], ev["time"] - starts[ev["job_id"]]))
+        spans.sort()
+        cold += [d for _, d in spans[:1]]
+        warm += [d for _, d in spans[1:]]
+    return cold, warm
+
+
+def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu, scratch: Path,
                keep: int | None = None) -> dict:
-    """Runs the trials on `gpus` GPUs with `per_gpu` workers each (Tune keeping `keep`
-    checkpoints per trial, None: all); returns the record."""
+    """Runs the trials on `gpus` GPUs with `per_gpu` workers each ("auto": chosen by the
+    sweep's probe; Tune keeping `keep` checkpoints per trial, None: all); returns the record."""
     import ray
 
     from sweeper.experiment import Experiment
@@ -73,7 +96,8 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(gpus))
     exp = Experiment(name=f"pack_{wl['name']}_{gpus}g{per_gpu}w", model=wl["model"], recipe=wl["recipe"],
                      task=WikiText2PPL(**wl["task"]), search_space=trial_space(trials), fixed=dict(wl["fixed"]),
-                     trials=trials, device="cuda", workers=gpus * per_gpu, workers_per_device=per_gpu, num_samples=0,
+                     trials=trials, device="cuda", workers=None if per_gpu == "auto" else gpus * per_gpu,
+                     workers_per_device=per_gpu, num_samples=0,
                      scheduler="fifo", max_failures=0, seed=0, wandb_project="sweeper-bench", checkpoints_to_keep=keep)
     t0 = time.time()
     start_local_ray("cuda", sweeper_trial=True)
@@ -88,8 +112,15 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
     busy = sum(w.get("busy_s", 0.0) for w in s["workers"].values())
     overheads = sorted(t["metrics"]["job_start_overhead_s"] for t in done
                        if isinstance(t["metrics"].get("job_start_overhead_s"), (int, float)))
-    return {"gpus": gpus, "per_gpu": per_gpu, "keep": keep, "workers": len(s["workers"]), "trials": len(s["trials"]),
-            "busy_fraction": busy / (len(s["workers"]) * sweep_s), "job_s_mean": busy / max(1, len(done) + 1),
+    from sweeper.sweep import WORKER_JOB_LOGS
+
+    cold, warm = job_seconds(res.results_dir / WORKER_JOB_LOGS)
+    probe = next(iter(s.get("workers_per_device_auto", {}).values()), None)
+    return {"gpus": gpus, "per_gpu": probe["workers_per_device"] if probe else per_gpu, "auto": probe is not None,
+            "probe_s": probe["seconds"] if probe else 0.0, "probe": probe,
+            "keep": keep, "workers": len(s["workers"]), "trials": len(s["trials"]),
+            "busy_fraction": busy / (len(s["workers"]) * sweep_s),
+            "cold_s_mean": sum(cold) / max(1, len(cold)), "warm_s_mean": sum(warm) / max(1, len(warm)),
             "start_overhead_median_s": overheads[len(overheads) // 2] if overheads else None,
             "done": len(done), "sweep_s": sweep_s, "wall_s": wall, "trials_per_hour": 3600.0 * len(done) / sweep_s,
             "errors": [t.get("error") for t in s["trials"] if t["status"] != "TERMINATED"][:3],
@@ -99,15 +130,22 @@ def run_config(wl: dict, trials: list[dict], gpus: int, per_gpu: int, scratch: P
 def render(rows: list[dict]) -> str:
     """Returns the table of the configurations, ratios against the first."""
     first = rows[0]
-    lines = ["gpus  per_gpu  workers  done  sweep_s  wall_s  trials/h  ratio  busy  job_s  start_s  max_rel_diff_vs_first"]
+    lines = ["gpus  per_gpu  workers  done  sweep_s  wall_s  probe_s  trials/h  ratio  busy  cold_s  warm_s  start_s  max_rel_diff_vs_first"]
     for r in rows:
         common = [k for k in r["values"] if k in first["values"] and first["values"][k]]
         diff = max((abs(r["values"][k] - first["values"][k]) / abs(first["values"][k]) for k in common), default=None)
-        lines.append(f"{r['gpus']:>4}  {r['per_gpu']:>7}  {r['workers']:>7}  {r['done']:>4}  {r['sweep_s']:>7.1f}  "
-                     f"{r['wall_s']:>6.1f}  {r['trials_per_hour']:>8.0f}  {r['trials_per_hour'] / first['trials_per_hour']:>5.2f}  "
-                     f"{r['busy_fraction']:>4.0%}  {r['job_s_mean']:>5.1f}  {r['start_overhead_median_s'] or 0:>7.2f}  "
+        per_gpu = f"auto={r['per_gpu']}" if r.get("auto") else str(r["per_gpu"])
+        lines.append(f"{r['gpus']:>4}  {per_gpu:>7}  {r['workers']:>7}  {r['done']:>4}  {r['sweep_s']:>7.1f}  "
+                     f"{r['wall_s']:>6.1f}  {r['probe_s']:>7.1f}  {r['trials_per_hour']:>8.0f}  "
+                     f"{r['trials_per_hour'] / first['trials_per_hour']:>5.2f}  {r['busy_fraction']:>4.0%}  "
+                     f"{r['cold_s_mean']:>6.1f}  {r['warm_s_mean']:>6.1f}  {r['start_overhead_median_s'] or 0:>7.2f}  "
                      f"{'-' if diff is None else f'{diff:.2e}'}")
     return "\n".join(lines)
+
+
+def per_gpu_of(text: str):
+    """Returns a workers-per-GPU value from the command line: "auto" or an int."""
+    return text if text == "auto" else int(text)
 
 
 def main(argv=None) -> int:
@@ -115,22 +153,24 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=("qat", "eval"), default="qat")
     ap.add_argument("--gpus", default="1", help="comma list of GPU counts, e.g. 1,2")
-    ap.add_argument("--per-gpu", default="1,2,4", help="comma list of workers per GPU, e.g. 1,2,4,8")
-    ap.add_argument("--configs", help="explicit GPUSxPER_GPU list instead of the grid, e.g. 1x1,2x1,1x4,2x4")
+    ap.add_argument("--per-gpu", default="1,2,4", help="comma list of workers per GPU, e.g. 1,2,4,8,auto")
+    ap.add_argument("--configs", help="explicit GPUSxPER_GPU list instead of the grid, e.g. 1x1,2x1,1x4,1xauto")
     ap.add_argument("--keep-checkpoints", type=int, help="Experiment.checkpoints_to_keep (default: all)")
     ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10, help="QAT training steps per trial (longer trials: the workers' "
+                    "cold starts weigh less)")
     ap.add_argument("--deploy-check", default="off", choices=("off", "last_report", "every_report"))
     ap.add_argument("--out", help="write the records and the table as JSON here")
     args = ap.parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)
-    wl, trials = trials_for(args.workload, args.trials, args.deploy_check)
+    wl, trials = trials_for(args.workload, args.trials, args.deploy_check, args.steps)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-packing-"))
     rows = []
     try:
         if args.configs:
-            grid = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
+            grid = [(int(c.split("x")[0]), per_gpu_of(c.split("x")[1])) for c in args.configs.split(",")]
         else:
-            grid = [(int(g), int(n)) for g in args.gpus.split(",") for n in args.per_gpu.split(",")]
+            grid = [(int(g), per_gpu_of(n)) for g in args.gpus.split(",") for n in args.per_gpu.split(",")]
         for g, n in grid:
             print(f"[bench] {args.workload}: {len(trials)} trials on {g} GPU(s) x {n} worker(s)", flush=True)
             rows.append(run_config(wl, trials, g, n, scratch, args.keep_checkpoints))
@@ -142,6 +182,7 @@ def main(argv=None) -> int:
     import torch
 
     head = (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, workload {args.workload}, {len(trials)} trials, "
+            f"{args.steps} training steps each, "
             f"checkpoints kept per trial: {args.keep_checkpoints or 'all'}")
     print(f"\n{head}\n{table}", flush=True)
     if args.out:
