@@ -27,6 +27,7 @@ from ..config import check_bool, check_choice, check_float, check_int
 from ..errors import ConfigError
 from ..jobs import Quantized
 from ..registry import RECIPES
+from .layer_choice import check_layer_fields, describe_layer_choice, has_layer_choice, layer_bits
 
 WHERE = "recipe onnx_ptq"
 ALGORITHMS = ("fp32", "int8_qdq", "rtn", "gptq", "hqq")
@@ -45,7 +46,6 @@ SUPPORTED = {
     ("hqq", 4): ("matmulnbits",),
 }
 # Config fields that name layers (module names of the model's weight MatMuls)
-LAYER_NAME_FIELDS = ("layers", "float_layers", "sensitivity_ranking")
 # MatMulNBits' CPU kernel reads 2, 4 and 8 bits (tests/test_matmul_nbits.py); 3 does not pack into bytes.
 BITS = (2, 4, 8)
 
@@ -114,58 +114,17 @@ class OnnxPTQConfig:
         if self.accuracy_level is not None:
             check_choice(WHERE, "accuracy_level", self.accuracy_level, (0, 1, 2, 3, 4))
         check_int(WHERE, "seed", self.seed, 0, 2**31 - 1)
-        for name in LAYER_NAME_FIELDS:
-            self._check_names(name)
-        check_int(WHERE, "protected_layers", self.protected_layers, 0, 1 << 20)
-        if self.protected_bits is not None:
-            check_choice(WHERE, "protected_bits", self.protected_bits, BITS)
         self._check_combination()
-        self._check_layer_choice()
-
-    def _check_names(self, name: str) -> None:
-        value = getattr(self, name)
-        if value is None and name == "layers":
-            return
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(WHERE, name, value, "a list of layer names (module names such as 'model.decoder.layers.0.fc1')")
-        object.__setattr__(self, name, tuple(value))  # Tune and JSON hand lists; frozen configs hold tuples
-
-    def _check_layer_choice(self) -> None:
-        chosen = self.layers is not None or self.float_layers or self.protected_layers or self.protected_bits is not None
-        if not chosen:
-            return
-        if self.algorithm not in ("rtn", "gptq") or self.resolved_format != "matmulnbits":
+        if has_layer_choice(self) and (self.algorithm not in ("rtn", "gptq") or self.resolved_format != "matmulnbits"):
             raise ConfigError(WHERE, "layers", f"algorithm={self.algorithm} weight_format={self.resolved_format}",
                               "per-layer choices (layers, float_layers, protected_layers, protected_bits) with "
                               "algorithm rtn or gptq into MatMulNBits")
-        if self.protected_layers > len(self.sensitivity_ranking):
-            raise ConfigError(WHERE, "protected_layers", self.protected_layers,
-                              f"at most the {len(self.sensitivity_ranking)} layers of sensitivity_ranking"
-                              + ("" if self.sensitivity_ranking else
-                                 " (none: give the experiment a sensitivity stage, Experiment(sensitivity=...))"))
-        if self.protected_bits is not None and self.protected_bits <= self.resolved_bits:
-            raise ConfigError(WHERE, "protected_bits", self.protected_bits,
-                              f"more than the trial's {self.resolved_bits} bits, or None (float)")
+        check_layer_fields(self, WHERE, self.resolved_bits, BITS)
 
     def layer_bits(self, layers: list[str]) -> dict[str, int]:
         """Returns {layer: weight bits} of the `layers` (module names, all of the graph's) to
-        quantize: `layers` (or all) less float_layers, the protected ones at protected_bits
-        (left out when in float). Raises ConfigError naming a layer the graph lacks."""
-        known = set(layers)
-        for field_name in LAYER_NAME_FIELDS:
-            unknown = [n for n in (getattr(self, field_name) or ()) if n not in known]
-            if unknown:
-                raise ConfigError(WHERE, field_name, unknown[0], "a layer of the model: " + ", ".join(layers[:6])
-                                  + (f", ... ({len(layers)} in all)" if len(layers) > 6 else ""))
-        chosen = [n for n in layers if (self.layers is None or n in self.layers) and n not in self.float_layers]
-        protected = set(self.sensitivity_ranking[:self.protected_layers])
-        out = {}
-        for n in chosen:
-            if n not in protected:
-                out[n] = self.resolved_bits
-            elif self.protected_bits is not None:
-                out[n] = self.protected_bits
-        return out
+        quantize (layer_choice.layer_bits at this config's bits)."""
+        return layer_bits(self, WHERE, layers, self.resolved_bits)
 
     def _check_combination(self) -> None:
         combo = f"algorithm={self.algorithm} bits={self.bits} block_size={self.block_size}"
@@ -225,16 +184,8 @@ class OnnxPTQConfig:
             return "INT8 QDQ"
         if self.resolved_format == "qdq":
             return f"QDQ + {self.algorithm.upper()} {self.resolved_bits}-bit"
-        label = f"MatMulNBits {self.algorithm.upper()} {self.resolved_bits}-bit, block {self.block_size}"
-        if self.layers is not None:
-            label += f", only {len(self.layers)} layer(s)" if len(self.layers) != 1 else f", only {self.layers[0]}"
-        if self.float_layers:
-            label += f", {len(self.float_layers)} layer(s) in float" if len(self.float_layers) != 1 else \
-                f", {self.float_layers[0]} in float"
-        if self.protected_layers:
-            label += f", {self.protected_layers} most sensitive at {self.protected_bits or 'float'}" \
-                     f"{'-bit' if self.protected_bits else ''}"
-        return label
+        return f"MatMulNBits {self.algorithm.upper()} {self.resolved_bits}-bit, block {self.block_size}" \
+            + describe_layer_choice(self)
 
 
 class _TokenReader:
