@@ -121,3 +121,43 @@ def test_clamped_init_and_fixed_ranges(tiny_gpt2, tiny_tokenizer):
         assert not any(p.requires_grad for p in a.parameters())  # "tf": ranges fixed
     assert [r["epoch"] for r in reports] == [0]
     assert dataclasses.asdict(cfg)["clamp_value"] == 0.5
+
+
+def test_per_module_widths_in_the_exported_encodings(tiny_gpt2, tiny_tokenizer):
+    """Mixed precision in aimet: the exported encodings (what a user deploys) hold each
+    layer's weight at the width its config gave it; a float layer has no encodings; a
+    one-layer probe leaves only that layer's."""
+    reports, logs = [], []
+    ctx = make_ctx(tiny_tokenizer, reports, logs)
+    base = dict(epochs=0, batch_size=8, calibration_batches=1, seq_len=64, param_bw=4, deploy_check="off")
+    listed = quantize(tiny_gpt2, AimetQATConfig(**base), ctx)
+    layers = listed.info["layers"]
+    assert "lm.transformer.h.0.attn.c_attn" in layers and len(layers) == len(set(layers))
+
+    def param_bw(q) -> dict[str, int]:
+        enc = json.loads(q.artifacts["encodings.json"])
+        return {e["name"].split(".weight")[0]: e["bw"] for e in enc["param_encodings"] if ".weight" in e["name"]}
+
+    # the export names a weight after its module ("...c_attn.weight_0"); LayerNorm weights
+    # of equal values share one initializer and lm_head shares wte's, so check the Linears
+    linear = [n for n in layers if n.rsplit(".", 1)[1] in ("c_attn", "c_proj", "c_fc")]
+    assert len(linear) == 8 and all(param_bw(listed)[n] == 4 for n in linear)
+    ranking = tuple(reversed(linear)) + tuple(n for n in layers if n not in linear)
+    mixed = quantize(tiny_gpt2, AimetQATConfig(**base, sensitivity_ranking=ranking, protected_layers=2, protected_bits=8,
+                                               float_layers=[linear[0]]), ctx)
+    widths = param_bw(mixed)
+    assert [widths[n] for n in ranking[:2]] == [8, 8]  # the two most sensitive at 8 bits
+    assert linear[0] not in widths  # in float: no weight encoding
+    assert all(widths[n] == 4 for n in linear[1:-2])
+    assert mixed.info["layer_bits"] == {**{n: 4 for n in layers if n != linear[0]}, ranking[0]: 8, ranking[1]: 8}
+
+    alone = quantize(tiny_gpt2, AimetQATConfig(**base, layers=[linear[1]]), ctx)
+    assert param_bw(alone) == {linear[1]: 4}
+    acts = [len(json.loads(q.artifacts["encodings.json"])["activation_encodings"]) for q in (alone, listed)]
+    assert 0 < acts[0] < acts[1]  # that layer's activations only
+    for bad, word in (({"protected_layers": 3, "sensitivity_ranking": ["a", "b"]}, "at most the 2"),
+                      ({"protected_bits": 4}, "more than the trial's 4 bits"), ({"layers": "x"}, "list of layer names")):
+        with pytest.raises(ConfigError, match=word):
+            AimetQATConfig(**{**base, **bad})
+    with pytest.raises(ConfigError, match="a layer of the model"):
+        quantize(tiny_gpt2, AimetQATConfig(**base, float_layers=["no.such.layer"]), ctx)

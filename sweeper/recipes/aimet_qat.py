@@ -57,6 +57,7 @@ from ..config import check_bool, check_choice, check_float, check_int
 from ..errors import ConfigError
 from ..jobs import Quantized
 from ..registry import RECIPES
+from .layer_choice import check_layer_fields, has_layer_choice, layer_bits
 
 WHERE = "recipe aimet_qat"
 
@@ -104,6 +105,13 @@ class AimetQATConfig:
         linear decay to 0 (0: constant learning rate).
     attention_mask_value: sequence classifiers only: the additive attention mask of padded
         positions (a negative number; None: the dtype's minimum). See the module docstring.
+    layers, float_layers, sensitivity_ranking, protected_layers, protected_bits: per-module
+        choices (recipes/layer_choice.py), a layer being a module with a weight quantizer,
+        named by its path in the sim (e.g. "lm.transformer.h.0.attn.c_attn"). `layers`:
+        only these modules keep their quantizers (weights and activations), every other
+        quantizer is removed (the sensitivity stage's one-layer probe); a float layer loses
+        all of its quantizers; a protected layer's weight quantizer runs at protected_bits
+        (None: the layer in float) while the rest use param_bw.
     """
 
     quant_scheme: str = "range_learning_tf"
@@ -126,6 +134,11 @@ class AimetQATConfig:
     tf32: bool = False
     warmup_frac: float = 0.0
     attention_mask_value: float | None = None
+    layers: tuple | None = None
+    float_layers: tuple = ()
+    sensitivity_ranking: tuple = ()
+    protected_layers: int = 0
+    protected_bits: int | None = None
 
     @staticmethod
     def reported_metrics(task_metrics: set[str]) -> set[str]:
@@ -165,6 +178,7 @@ class AimetQATConfig:
                 raise ConfigError(WHERE, "attention_mask_value", self.attention_mask_value,
                                   "a negative number (added to the attention scores of padded positions), "
                                   "or None for the dtype's minimum")
+        check_layer_fields(self, WHERE, self.param_bw, range(4, 17))
 
 
 def quantsim_config_dict(config: AimetQATConfig) -> dict:
@@ -263,6 +277,45 @@ def build_quantsim(work, config: AimetQATConfig, device):
     if config.quant_scheme == "percentile":
         sim.set_percentile_value(config.percentile)
     return sim
+
+
+def weight_layers(sim_model) -> list[str]:
+    """Returns the names of the sim's modules that quantize a weight, in module order."""
+    from aimet_torch.nn import BaseQuantizationMixin
+
+    return [name for name, m in sim_model.named_modules()
+            if isinstance(m, BaseQuantizationMixin) and "weight" in m.param_quantizers and m.param_quantizers["weight"] is not None]
+
+
+def remove_quantizers(module) -> None:
+    """Removes every quantizer of an aimet quantized `module` (its weights and activations
+    run in float)."""
+    for name in list(module.param_quantizers):
+        module.param_quantizers[name] = None
+    for quantizers in (module.input_quantizers, module.output_quantizers):
+        for i in range(len(quantizers)):
+            quantizers[i] = None
+
+
+def apply_layer_choice(sim, config: AimetQATConfig) -> tuple[list[str], dict[str, int]]:
+    """Applies config's per-layer choices to the sim's quantizers before calibration (see
+    AimetQATConfig); returns (every weight layer's name, {quantized layer: weight bits})."""
+    from aimet_torch.nn import BaseQuantizationMixin
+
+    layers = weight_layers(sim.model)
+    bits = layer_bits(config, WHERE, layers, config.param_bw)
+    if not has_layer_choice(config):
+        return layers, bits
+    weighted = set(layers)
+    for name, module in sim.model.named_modules():
+        if not isinstance(module, BaseQuantizationMixin):
+            continue
+        # a weight layer left out of `bits` is in float; with `layers`, so is every other module
+        if name in weighted and name not in bits or name not in weighted and config.layers is not None:
+            remove_quantizers(module)
+        elif name in bits and bits[name] != config.param_bw:
+            module.param_quantizers["weight"].bitwidth = bits[name]
+    return layers, bits
 
 
 def calibrate(sim, work, config: AimetQATConfig, ctx, device) -> int:
@@ -387,6 +440,7 @@ def run_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     """quantize_aimet_qat's work (see there), under the caller's matmul precision."""
     work, device, prep_info = prepare_workload(model, config, ctx)
     sim = build_quantsim(work, config, device)
+    layers, bits = apply_layer_choice(sim, config)
     n_clamped = calibrate(sim, work, config, ctx, device)
     report = EpochReporter(sim, work, config, ctx, device)
 
@@ -396,7 +450,8 @@ def run_qat(model, config: AimetQATConfig, ctx) -> Quantized:
     train_losses = train_and_report(sim, work, config, ctx, device, report)
 
     info = {"quant_scheme": QUANT_SCHEMES[config.quant_scheme][0], **prep_info, "activation_ranges_clamped": n_clamped,
-            **work.info, "steps_per_epoch": work.steps, "train_losses": train_losses, "encoding_version": "1.0.0"}
+            **work.info, "steps_per_epoch": work.steps, "train_losses": train_losses, "encoding_version": "1.0.0",
+            "layers": layers, "layer_bits": bits}
     return Quantized(model=sim.model, artifacts={"encodings.json": report.encodings, **report.deploy_artifacts},
                      reported=True, info=info)
 
