@@ -130,12 +130,13 @@ def test_worker_without_its_provider_fails_at_start(ray_local, opt_small_dir, tm
     assert "'npu'" in msg and "FancyNPUExecutionProvider" in msg and "node" in msg and "\n" not in msg
 
 
-def test_multi_node_each_trial_on_a_node_of_its_kind(opt_small_dir, tmp_path):
+def test_multi_node_each_trial_on_a_node_of_its_kind(opt_small_dir, tmp_path, monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
     from sweeper.sweep import TRIAL_RESOURCE, run_experiment
 
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # this sweep tests placement, not tracking
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {TRIAL_RESOURCE: 100}})
     plain = cluster.add_node(num_cpus=1)
     gcu_node = cluster.add_node(num_cpus=1, resources={"GCU": 1})

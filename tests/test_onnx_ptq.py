@@ -65,6 +65,25 @@ def test_unsupported_combination_is_refused(kw, word):
     assert word in str(err.value) and "\n" not in str(err.value)
 
 
+def test_export_cache_exports_once_per_machine(tmp_path, monkeypatch):
+    """Workers (and later sweeps) of one machine share one export of the same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sweeper.models.onnx_export import export_cached
+
+    monkeypatch.setenv("SWEEPER_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
+    logs = []
+    first = export_cached(model, "k" * 64, log=logs.append)
+    second = export_cached(model, "k" * 64, log=logs.append)
+    assert [line.split(" ")[1] for line in logs] == ["exported", "export"]  # exported once, then from the cache
+    assert "from this machine's cache" in logs[1] and second.path == first.path and second.path.is_file()
+    assert sorted(f.name for f in first.folder.iterdir()) == ["model.onnx"]  # the graph's folder holds only it
+    assert second.info["export_max_abs_logit_diff"] == first.info["export_max_abs_logit_diff"] < 1e-4
+    assert (second.max_positions, second.vocab_size, second.source_key) == (64, 300, "k" * 64)
+
+
 @pytest.mark.parametrize("family", ["gpt2", "opt"])
 def test_export_matches_torch_at_other_shapes(family, tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel, OPTConfig, OPTForCausalLM

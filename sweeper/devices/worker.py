@@ -398,9 +398,12 @@ def gpu_memory_of(device) -> dict:
 
 
 def _export(worker: DeviceWorker, loaded, opset: int, log):
-    """Returns the worker's ONNX export of `loaded` (into its scratch folder), checked
-    against the torch model."""
-    from ..models.onnx_export import export_causal_lm
+    """Returns the ONNX export of `loaded`, checked against the torch model: from this
+    machine's export cache when the weights have a content key (one export per node, not
+    per worker), else into the worker's scratch folder."""
+    from ..models.onnx_export import export_cached, export_causal_lm
 
-    out = Path(worker.scratch.name) / f"export-{loaded.content_key[:16]}-opset{opset}"
-    return export_causal_lm(loaded.model, out, opset=opset, source_key=loaded.content_key, log=log)
+    if loaded.content_key:
+        return export_cached(loaded.model, loaded.content_key, opset=opset, log=log)
+    out = Path(worker.scratch.name) / f"export-opset{opset}"
+    return export_causal_lm(loaded.model, out, opset=opset, log=log)

@@ -152,6 +152,47 @@ def export_causal_lm(model, out_dir: str | Path, *, opset: int = 18, source_key:
     return onnx_model
 
 
+EXPORT_CACHE_VERSION = 1  # bump when what an export holds changes
+EXPORT_INFO_FILE = "export.json"
+
+
+def export_cache_entry(source_key: str, opset: int) -> Path:
+    """Returns the export cache folder of weights `source_key` at `opset` under this
+    machine's cache root (cache.cache_root()/onnx/), for this torch version."""
+    import torch
+
+    from ..cache import cache_root
+
+    return cache_root() / "onnx" / f"{source_key[:24]}-opset{opset}-torch{torch.__version__}-v{EXPORT_CACHE_VERSION}"
+
+
+def export_cached(model, source_key: str, *, opset: int = 18, log=print) -> OnnxModel:
+    """Returns the ONNX export of `model`, whose weights have content key `source_key`, from
+    this machine's export cache, exporting and checking it (export_causal_lm) only when the
+    cache lacks it: the workers of one node, and later sweeps, share one export instead of
+    each repeating it (seconds to minutes of CPU each). Concurrent callers export once
+    (cache.build_once). The graph lies in <entry>/graph/, read-only by convention: recipes
+    write their graphs elsewhere."""
+    import json
+
+    from ..cache import build_once, is_complete
+
+    entry = export_cache_entry(source_key, opset)
+    hit = is_complete(entry)
+
+    def build(tmp: Path) -> None:
+        onnx_model = export_causal_lm(model, tmp / "graph", opset=opset, source_key=source_key, log=log)
+        (tmp / EXPORT_INFO_FILE).write_text(json.dumps({"max_positions": onnx_model.max_positions,
+                                                        "vocab_size": onnx_model.vocab_size, "info": onnx_model.info}))
+
+    build_once(entry, build)
+    meta = json.loads((entry / EXPORT_INFO_FILE).read_text())
+    if hit:
+        log(f"onnx: export of {source_key[:16]} (opset {opset}) from this machine's cache, {entry}")
+    return OnnxModel(entry / "graph" / "model.onnx", meta["max_positions"], meta["vocab_size"], source_key,
+                     {**meta["info"], "export_cache": str(entry)})
+
+
 def gemm_to_matmul_add(path: Path) -> int:
     """Rewrites, in the graph at `path`, each Gemm with a constant weight (alpha = beta = 1,
     no transA) as MatMul by the (transposed) weight plus Add of the bias; returns how many.
