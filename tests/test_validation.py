@@ -163,3 +163,18 @@ def test_rerun_experiment_is_the_recorded_trial_only(tmp_path):
         load_record(tmp_path, "nope")
     with pytest.raises(ConfigError, match="experiment_file"):
         experiment_of({**record, "origin": {"experiment_file": str(tmp_path / "gone.py")}})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.py")), ids=lambda p: p.stem)
+def test_every_experiment_file_validates_full_and_smoke(path):
+    """An experiment file's mistakes surface here, not minutes into a user's run."""
+    from sweeper.cli import load_experiment_file
+    from sweeper.models.tf_runtime import TFUnavailable
+
+    make = load_experiment_file(path)
+    for smoke in (True, False):
+        try:
+            exp = make(smoke=smoke).validate()
+        except TFUnavailable as exc:  # without the tf extra (CI installs it)
+            pytest.skip(str(exc))
+        assert exp.name and (exp.trials or exp.num_samples)
