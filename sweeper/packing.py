@@ -117,17 +117,19 @@ def best_level(levels: list[PackingLevel]) -> int:
 def first_trial_config(exp) -> dict:
     """Returns the configuration of the sweep's first trial as the probe runs it: the first
     fixed trial over one draw of the search space (grids: their first value), drawn with the
-    experiment's seed."""
+    experiment's seed; a `tune.sample_from` field is left to the recipe's default."""
     import numpy as np
+    from ray.tune.search.sample import Domain, Function
 
     rng = np.random.RandomState(exp.seed)
     config = {}
     for name, dom in exp.search_space.items():
         if isinstance(dom, dict) and isinstance(dom.get("grid_search"), list):
             config[name] = dom["grid_search"][0]
-        elif hasattr(dom, "sample") and type(dom).__name__ != "Function":
-            config[name] = dom.sample(random_state=rng)
-        elif not hasattr(dom, "sample"):
+        elif isinstance(dom, Domain):
+            if not isinstance(dom, Function):
+                config[name] = dom.sample(random_state=rng)
+        else:
             config[name] = dom
     if exp.trials:
         config.update(exp.trials[0])
