@@ -1,5 +1,7 @@
-"""workers_per_device="auto": the level logic on constructed measurements, and a sweep whose
-probe really runs (a local Ray that declares two GPUs; the jobs run on its CPUs)."""
+"""workers_per_device="auto": the level logic on constructed measurements, and the probe as
+start_sweep runs it (pack_gpu_kinds), for real, on a local Ray that declares two GPUs (the
+jobs run on its CPUs). The sweep at the chosen count is measured on GPUs by
+benchmarks/gpu_packing.py (`--configs 1xauto`)."""
 import json
 from pathlib import Path
 
