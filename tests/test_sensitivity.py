@@ -75,11 +75,14 @@ def test_bad_stage_or_searcher_is_one_line_before_ray(opt_small_dir, kw, field, 
     assert not ray.is_initialized()
 
 
-def test_aimet_recipe_has_no_stage(opt_small_dir):
-    exp = Experiment(name="s", model=str(opt_small_dir), recipe="aimet_qat", task=EVAL, device="cpu",
-                     sensitivity={"param_bw": 4})
-    with pytest.raises(ConfigError, match="per-layer fields layers, float_layers, sensitivity_ranking"):
+def test_a_recipe_without_layer_fields_has_no_stage(opt_small_dir):
+    Experiment(name="s", model=str(opt_small_dir), recipe="aimet_qat", task=EVAL, device="cpu",
+               sensitivity={"param_bw": 4}).validate()  # aimet QuantSim: per-module choices
+    exp = Experiment(name="s", model=str(opt_small_dir), recipe="onnx_precision", task=EVAL, device="cpu",
+                     sensitivity={"precision": "fp16"})
+    with pytest.raises(ConfigError, match="per-layer fields layers, float_layers, sensitivity_ranking") as e:
         exp.validate()
+    assert "recipe onnx_precision has none" in str(e.value)
 
 
 def test_stage_then_mixed_precision_search(opt_small_dir, tmp_path):

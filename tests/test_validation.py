@@ -158,7 +158,7 @@ def test_rerun_experiment_is_the_recorded_trial_only(tmp_path):
     exp = experiment_of(record)
     assert exp.trials == [config] and exp.num_samples == 0 and exp.seeds == 1 and exp.scheduler == "fifo"
     assert exp.stop_after_reports == 2 and exp.workers == 1 and exp.name == "gpt2_qat_smoke_rerun_abc_00003"
-    assert exp.fixed["steps_per_epoch"] == 20  # the smoke's fixed fields, from the same file
+    assert exp.fixed["steps_per_epoch"] == 12  # the smoke's fixed fields, from the same file
     with pytest.raises(ConfigError, match="TRIAL_ID"):
         load_record(tmp_path, "nope")
     with pytest.raises(ConfigError, match="experiment_file"):
