@@ -235,14 +235,14 @@ def resolve_kinds(exp: Experiment) -> dict:
     from .errors import DeviceUnavailable
 
     cluster = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+    per_device = 1 if exp.workers_per_device == AUTO else exp.workers_per_device  # auto: chosen after the probe
     if exp.device_names == ["all"]:
         nodes = discover()
         names = usable_kinds(nodes) if exp.model_format == "onnx" else [
             n for n in KINDS if any(n in node["kinds"] for node in nodes)]
         if not names:
             raise DeviceUnavailable(f"device 'all': no node of the cluster can host any device kind; it has {cluster}")
-        return {n: shared_device(KINDS[n], 1 if exp.workers_per_device == AUTO else exp.workers_per_device) for n in names}
-    per_device = 1 if exp.workers_per_device == AUTO else exp.workers_per_device  # auto: chosen after the probe
+        return {n: shared_device(KINDS[n], per_device) for n in names}
     kinds = {n: shared_device(get_kind(n), per_device) for n in exp.device_names}
     for name, kind in kinds.items():
         if capacity(kind, cluster) < 1:

@@ -175,19 +175,20 @@ def export_cached(model, source_key: str, *, opset: int = 18, log=print) -> Onnx
     write their graphs elsewhere."""
     import json
 
-    from ..cache import build_once, is_complete
+    from ..cache import build_once
 
     entry = export_cache_entry(source_key, opset)
-    hit = is_complete(entry)
+    exported = []  # build_once checks the entry (hashing every file) once; this says whether it built
 
     def build(tmp: Path) -> None:
+        exported.append(True)
         onnx_model = export_causal_lm(model, tmp / "graph", opset=opset, source_key=source_key, log=log)
         (tmp / EXPORT_INFO_FILE).write_text(json.dumps({"max_positions": onnx_model.max_positions,
                                                         "vocab_size": onnx_model.vocab_size, "info": onnx_model.info}))
 
     build_once(entry, build)
     meta = json.loads((entry / EXPORT_INFO_FILE).read_text())
-    if hit:
+    if not exported:
         log(f"onnx: export of {source_key[:16]} (opset {opset}) from this machine's cache, {entry}")
     return OnnxModel(entry / "graph" / "model.onnx", meta["max_positions"], meta["vocab_size"], source_key,
                      {**meta["info"], "export_cache": str(entry)})
