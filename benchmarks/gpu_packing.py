@@ -25,6 +25,9 @@ make --trials trials):
     python benchmarks/gpu_packing.py --workload qat --gpus 1 --per-gpu 1,2,4,8
     python benchmarks/gpu_packing.py --workload qat --gpus 1,2 --per-gpu 4    # 1 -> 2 GPUs
     python benchmarks/gpu_packing.py --workload qat --configs 1x1,1x2,1x4,1xauto
+    # a sweep too long for one command: the later run's ratios against the first's 1x1 row
+    python benchmarks/gpu_packing.py --configs 1x1 --trials 64 --steps 100 --out a.json
+    python benchmarks/gpu_packing.py --configs 2x1,4x1 --trials 64 --steps 100 --against a.json
 """
 from __future__ import annotations
 
@@ -160,34 +163,66 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="QAT training steps per trial (longer trials: the workers' "
                     "cold starts weigh less)")
     ap.add_argument("--deploy-check", default="off", choices=("off", "last_report", "every_report"))
-    ap.add_argument("--out", help="write the records and the table as JSON here")
+    ap.add_argument("--out", help="write the records and the table as JSON here (rewritten after each configuration, "
+                    "so a run stopped part-way keeps the configurations it finished)")
+    ap.add_argument("--against", help="an earlier --out of this benchmark on the same machine: its rows come first "
+                    "and the ratios are against its first row (one sweep too long for one command)")
+    ap.add_argument("--stop-after-s", type=float, help="start no further configuration once this many seconds "
+                    "have passed (the rest are listed as not run)")
     args = ap.parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)
     wl, trials = trials_for(args.workload, args.trials, args.deploy_check, args.steps)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-packing-"))
-    rows = []
+    earlier = json.loads(Path(args.against).read_text())["rows"] if args.against else []
+    rows, skipped, t_start = [], [], time.time()
+    head = f"workload {args.workload}, {len(trials)} trials, {args.steps} training steps each, " \
+           f"checkpoints kept per trial: {args.keep_checkpoints or 'all'}"
     try:
         if args.configs:
             grid = [(int(c.split("x")[0]), per_gpu_of(c.split("x")[1])) for c in args.configs.split(",")]
         else:
             grid = [(int(g), per_gpu_of(n)) for g in args.gpus.split(",") for n in args.per_gpu.split(",")]
         for g, n in grid:
+            if args.stop_after_s is not None and time.time() - t_start > args.stop_after_s:
+                skipped.append(f"{g}x{n}")
+                continue
             print(f"[bench] {args.workload}: {len(trials)} trials on {g} GPU(s) x {n} worker(s)", flush=True)
-            rows.append(run_config(wl, trials, g, n, scratch, args.keep_checkpoints))
+            rows.append({**run_config(wl, trials, g, n, scratch, args.keep_checkpoints), "device": device_name()})
             print(f"[bench]   {rows[-1]['done']} done in {rows[-1]['sweep_s']:.1f}s "
                   f"({rows[-1]['trials_per_hour']:.0f} trials/h) {rows[-1]['errors'] or ''}", flush=True)
+            if args.out:
+                write_out(args.out, head, earlier + rows)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    table = render(rows)
-    import torch
-
-    head = (f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, workload {args.workload}, {len(trials)} trials, "
-            f"{args.steps} training steps each, "
-            f"checkpoints kept per trial: {args.keep_checkpoints or 'all'}")
-    print(f"\n{head}\n{table}", flush=True)
+    if not earlier + rows:
+        print(f"[bench] nothing run; not run: {', '.join(skipped)}")
+        return 1
+    table = render(earlier + rows)
+    print(f"\n{device_name()}, {head}\n{table}", flush=True)
+    if skipped:
+        print(f"not run (past --stop-after-s): {', '.join(skipped)}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"head": head, "rows": rows, "table": table}, indent=1, default=str))
+        write_out(args.out, head, earlier + rows)
     return 0
+
+
+def device_name() -> str:
+    """Returns "<GPU name> x<count>" of this machine's GPUs, whatever CUDA_VISIBLE_DEVICES a
+    configuration set (nvidia-smi, so the driver never starts CUDA itself), or "cpu"."""
+    import subprocess
+
+    try:
+        names = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                               text=True, check=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    names = [n.strip() for n in names if n.strip()]
+    return f"{names[0]} x{len(names)}" if names else "cpu"
+
+
+def write_out(path: str, head: str, rows: list[dict]) -> None:
+    """Writes the records and their table as JSON to `path`."""
+    Path(path).write_text(json.dumps({"head": head, "rows": rows, "table": render(rows)}, indent=1, default=str))
 
 
 if __name__ == "__main__":
