@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from .errors import SweeperError
@@ -168,17 +167,13 @@ def probe_pool(kind, workers: int, plan, namespace: str, needs_provider: bool = 
 
 
 def run_level(pool, kind_name: str, workers: int, plan, spec, rounds: int) -> PackingLevel:
-    """Returns the level of `workers` jobs at a time on `pool`: `workers` threads each run
-    `spec` `rounds` times back to back while the wall clock runs."""
-    from .trial import run_pool_job
-
-    def run(_):
-        return [run_pool_job(pool, plan, kind_name, spec) for _ in range(rounds)]
+    """Returns the level of `workers` jobs at a time on `pool`: `workers` x `rounds` runs of
+    `spec`, `workers` at a time, while the wall clock runs."""
+    from .trial import run_pool_jobs
 
     level = PackingLevel(workers)
     t0 = time.monotonic()
-    with ThreadPoolExecutor(workers) as threads:
-        outcomes = [o for got in threads.map(run, range(workers)) for o in got]
+    outcomes = run_pool_jobs(pool, plan, [(kind_name, spec)] * (workers * rounds), workers)
     level.seconds = time.monotonic() - t0
     failed = [o for o in outcomes if o.error]
     if failed:

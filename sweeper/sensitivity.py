@@ -155,9 +155,7 @@ def run_stage(sweep, progress=None) -> dict:
 
     # The listing job on every worker at once: each loads and exports the model now, side
     # by side, instead of the first layer job on each paying for it one after another.
-    warm = []
-    _run_all(sweep, [(LayerJob("list"), spec(LayerJob("list"), i)) for i in range(workers)], workers,
-             lambda job, outcome: warm.append(outcome))
+    warm = run_layer_jobs(sweep, [(LayerJob("list"), spec(LayerJob("list"), i)) for i in range(workers)], workers)
     first = next((o for o in warm if o.error), warm[0])
     if first.error:
         raise SensitivityFailed(f"sensitivity: the job listing the layers failed: {first.error}")
@@ -187,7 +185,7 @@ def run_stage(sweep, progress=None) -> dict:
             outcomes[job] = outcome.metrics
         progress(f"[sweeper] sensitivity: {done}/{len(jobs)} jobs ({time.monotonic() - t0:.0f}s)")
 
-    _run_all(sweep, [(job, spec(job, i + 1)) for i, job in enumerate(jobs)], workers, ended)
+    run_layer_jobs(sweep, [(job, spec(job, i + 1)) for i, job in enumerate(jobs)], workers, ended)
     if failed:
         raise SensitivityFailed(f"sensitivity: {len(failed)} of {len(jobs)} jobs failed; first: {failed[0]}")
     rows, facts = layer_rows(layers, outcomes, metric, mode)
@@ -215,25 +213,14 @@ def _task_kwargs(exp) -> dict:
     return {k: v for k, v in to_dict(task).items() if k != "name"}
 
 
-def _run_all(sweep, jobs: list, workers: int, ended) -> None:
-    """Runs (LayerJob, JobSpec) pairs on the pool, `workers` at a time, longest first (the
-    all-quantized job), calling ended(job, outcome) as each ends (from one thread at a time)."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
+def run_layer_jobs(sweep, jobs: list, workers: int, ended=None) -> list:
+    """Runs (LayerJob, JobSpec) pairs on the sweep's pool, `workers` at a time, in the order
+    given (longest first: the all-quantized job), calling ended(job, outcome) as each ends
+    (one call at a time); returns the outcomes in the order of `jobs`."""
+    from .trial import run_pool_jobs
 
-    from .trial import run_pool_job
-
-    lock = threading.Lock()
-
-    def one(pair):
-        job, spec = pair
-        outcome = run_pool_job(sweep.pool, sweep.plan, sweep.plan.device, spec)
-        with lock:
-            ended(job, outcome)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="sensitivity") as ex:
-        for f in [ex.submit(one, pair) for pair in jobs]:
-            f.result()
+    return run_pool_jobs(sweep.pool, sweep.plan, [(sweep.plan.device, spec) for _, spec in jobs], workers,
+                         ended=None if ended is None else lambda i, outcome: ended(jobs[i][0], outcome))
 
 
 def columns_of(rows: list[dict], metric: str) -> list[str]:

@@ -254,20 +254,38 @@ def run_pool_job(pool, plan: SweepPlan, kind: str, spec, timeout_s: float | None
     return PoolJobOutcome(metrics, info, error, started.worker_id, time.monotonic() - t0)
 
 
+def run_pool_jobs(pool, plan: SweepPlan, jobs: list, at_once: int, timeout_s: float | None = None,
+                  ended=None) -> list[PoolJobOutcome]:
+    """Runs `jobs` ((device kind, JobSpec) pairs) on the pool, at most `at_once` at a time,
+    started in the order given; calls `ended(index, outcome)` as each ends, one call at a
+    time; returns the outcomes in the order of `jobs` (failures are outcomes with an error)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+
+    def one(index: int) -> PoolJobOutcome:
+        kind, spec = jobs[index]
+        outcome = run_pool_job(pool, plan, kind, spec, timeout_s)
+        if ended is not None:
+            with lock:
+                ended(index, outcome)
+        return outcome
+
+    with ThreadPoolExecutor(max(1, min(at_once, len(jobs) or 1)), thread_name_prefix="pool-jobs") as threads:
+        return list(threads.map(one, range(len(jobs))))
+
+
 def run_baseline(pool, plan: SweepPlan, workers: dict[str, int] | None = None, log=print) -> dict:
     """Returns the FP32 model's metrics on the plan's task, measured on a worker of the
     plan's device kind. With `workers` ({kind: count}), every worker runs the same job at
     once: each then has the model, its export and the task's data loaded before its first
     trial, while the baseline runs anyway, instead of every worker but one starting cold
     after it. Workers whose metrics differ from the baseline's are named in a line."""
-    from concurrent.futures import ThreadPoolExecutor
-
     kinds = [k for k, n in (workers or {plan.device: 1}).items() for _ in range(n)]
     kinds.remove(plan.device)
     kinds.insert(0, plan.device)
-    with ThreadPoolExecutor(len(kinds)) as threads:
-        outs = list(threads.map(lambda kind: run_pool_job(pool, plan, kind, plan.job_spec(None), plan.baseline_timeout_s),
-                                kinds))
+    spec = plan.job_spec(None)
+    outs = run_pool_jobs(pool, plan, [(kind, spec) for kind in kinds], len(kinds), plan.baseline_timeout_s)
     if outs[0].error:
         raise SweeperError(f"baseline evaluation failed: {outs[0].error}")
     base = outs[0].metrics.get(plan.metric)
