@@ -173,10 +173,19 @@ def main(argv=None) -> int:
     os.environ.pop("RAY_ADDRESS", None)
     wl, trials = trials_for(args.workload, args.trials, args.deploy_check, args.steps)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-packing-"))
-    earlier = json.loads(Path(args.against).read_text())["rows"] if args.against else []
     rows, skipped, t_start = [], [], time.time()
     head = f"workload {args.workload}, {len(trials)} trials, {args.steps} training steps each, " \
            f"checkpoints kept per trial: {args.keep_checkpoints or 'all'}"
+    earlier = []
+    if args.against:
+        before = json.loads(Path(args.against).read_text())
+        if before["head"] != head:
+            ap.error(f"--against {args.against} ran another sweep ({before['head']}); this one is: {head}")
+        earlier = before["rows"]
+        other = {r.get("device") for r in earlier} - {device_name()}
+        if other:
+            print(f"[bench] warning: --against rows from {', '.join(map(str, other))}, this machine is {device_name()}: "
+                  f"ratios across machines mix their speeds", flush=True)
     try:
         if args.configs:
             grid = [(int(c.split("x")[0]), per_gpu_of(c.split("x")[1])) for c in args.configs.split(",")]
