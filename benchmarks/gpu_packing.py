@@ -176,15 +176,16 @@ def main(argv=None) -> int:
     rows, skipped, t_start = [], [], time.time()
     head = f"workload {args.workload}, {len(trials)} trials, {args.steps} training steps each, " \
            f"checkpoints kept per trial: {args.keep_checkpoints or 'all'}"
+    machine = device_name()
     earlier = []
     if args.against:
         before = json.loads(Path(args.against).read_text())
         if before["head"] != head:
             ap.error(f"--against {args.against} ran another sweep ({before['head']}); this one is: {head}")
         earlier = before["rows"]
-        other = {r.get("device") for r in earlier} - {device_name()}
+        other = {r.get("device") for r in earlier} - {machine}
         if other:
-            print(f"[bench] warning: --against rows from {', '.join(map(str, other))}, this machine is {device_name()}: "
+            print(f"[bench] warning: --against rows from {', '.join(map(str, other))}, this machine is {machine}: "
                   f"ratios across machines mix their speeds", flush=True)
     try:
         if args.configs:
@@ -196,7 +197,7 @@ def main(argv=None) -> int:
                 skipped.append(f"{g}x{n}")
                 continue
             print(f"[bench] {args.workload}: {len(trials)} trials on {g} GPU(s) x {n} worker(s)", flush=True)
-            rows.append({**run_config(wl, trials, g, n, scratch, args.keep_checkpoints), "device": device_name()})
+            rows.append({**run_config(wl, trials, g, n, scratch, args.keep_checkpoints), "device": machine})
             print(f"[bench]   {rows[-1]['done']} done in {rows[-1]['sweep_s']:.1f}s "
                   f"({rows[-1]['trials_per_hour']:.0f} trials/h) {rows[-1]['errors'] or ''}", flush=True)
             if args.out:
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
         print(f"[bench] nothing run; not run: {', '.join(skipped)}")
         return 1
     table = render(earlier + rows)
-    print(f"\n{device_name()}, {head}\n{table}", flush=True)
+    print(f"\n{machine}, {head}\n{table}", flush=True)
     if skipped:
         print(f"not run (past --stop-after-s): {', '.join(skipped)}")
     if args.out:

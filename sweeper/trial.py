@@ -271,7 +271,7 @@ def run_pool_jobs(pool, plan: SweepPlan, jobs: list, at_once: int, timeout_s: fl
                 ended(index, outcome)
         return outcome
 
-    with ThreadPoolExecutor(max(1, min(at_once, len(jobs) or 1)), thread_name_prefix="pool-jobs") as threads:
+    with ThreadPoolExecutor(max(1, min(at_once, len(jobs))), thread_name_prefix="pool-jobs") as threads:
         return list(threads.map(one, range(len(jobs))))
 
 
